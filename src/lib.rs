@@ -1,0 +1,9 @@
+//! quorumkv: a replicated key-value store.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod protocol;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,162 @@
+//! The nouns of the protocol (DESIGN §3.1) as newtypes, so an epoch is never
+//! mistaken for a log index and a replica id never for a count.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A replica's 1-based position in the `--peers` list. Bully prefers the highest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReplicaId(pub u8);
+
+/// A leader's term. Unique to its leader: replica k only ever picks epochs
+/// with `e % N == k % N` (DESIGN §3.2). Epoch 0 means "no leader yet".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Epoch(pub u64);
+
+/// A slot in the log. Slot 0 is never used; index 0 means "nothing".
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct LogIndex(pub u64);
+
+/// Time in milliseconds on the caller's clock. The protocol never reads a clock:
+/// `now` comes in with every step, deadlines are stored as `Millis`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Millis(pub u64);
+
+/// Names one client request inside one replica, so a reply finds its connection.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct ReqId(pub u64);
+
+/// A data directory's identity (DESIGN §3.1, §6): ordered by `counter` alone;
+/// the random `nonce` tells apart two directories that picked the same counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Incarnation {
+    /// Grows by one each time the replica's directory is wiped and rebuilt.
+    pub counter: u64,
+    /// Drawn at random when the counter is picked.
+    pub nonce: u64,
+}
+
+/// The id of an entry: the (epoch, index) of its first proposal. Fixed for life;
+/// recovery re-proposes an entry under a new ballot with the same id.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct EntryId {
+    /// Epoch of the leader that first proposed the entry.
+    pub epoch: Epoch,
+    /// Slot it was first proposed at (always the slot it lives in).
+    pub index: LogIndex,
+}
+
+/// What a log entry does to the store when it is applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Fills a slot without changing the store (recovery holes, a new leader's first entry).
+    Noop,
+    /// Sets `key` to `value`; the key's version becomes the entry's index.
+    Put { key: String, value: Vec<u8> },
+    /// Removes `key`; its version becomes 0. A log entry, never a local removal.
+    Del { key: String },
+    /// Sets `key` to `value` only if the key's version is `version` at apply time
+    /// (0 = only if absent). Every replica decides it the same way.
+    Cas { key: String, version: u64, value: Vec<u8> },
+}
+
+impl Command {
+    /// The key the command writes, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Command::Noop => None,
+            Command::Put { key, .. } | Command::Del { key } | Command::Cas { key, .. } => Some(key),
+        }
+    }
+}
+
+/// An accepted log entry: its id, the ballot it was last accepted in, the command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: EntryId,
+    /// The epoch in which this replica last accepted the entry. Only decides
+    /// which entry wins in recovery; "holds the committed entry" compares ids.
+    pub ballot: Epoch,
+    pub command: Command,
+}
+
+/// The formation state of a data directory (DESIGN §6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Formation {
+    /// No formation record: a brand new (or wiped) directory.
+    #[default]
+    Blank,
+    /// FORM received (or sent) with this cluster id; FORMED not yet seen.
+    Pending(u64),
+    /// The cluster with this id is formed.
+    Complete(u64),
+}
+
+impl Formation {
+    /// The cluster id, once one has been picked.
+    pub fn cluster_id(&self) -> Option<u64> {
+        match self {
+            Formation::Blank => None,
+            Formation::Pending(id) | Formation::Complete(id) => Some(*id),
+        }
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for LogIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.epoch.0, self.index.0)
+    }
+}
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{:04x}", self.counter, self.nonce & 0xffff)
+    }
+}
+
+impl LogIndex {
+    /// The next slot.
+    pub fn next(self) -> LogIndex {
+        LogIndex(self.0 + 1)
+    }
+}
+
+impl Millis {
+    /// `self + ms`, saturating.
+    pub fn plus(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+    /// Milliseconds from `earlier` to `self`, 0 if `earlier` is later.
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
