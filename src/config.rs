@@ -168,11 +168,13 @@ pub fn parse_args(args: &[String]) -> Result<Parsed> {
 
 fn parse_checked(args: &[String]) -> Result<Parsed> {
     let options = options();
-    let folded = fold_list_flags(args);
-    let matches = options.parse(&folded).map_err(getopts_error)?;
-    if matches.opt_present("help") {
+    // `--help` wins over any other mistake on the line: it is how one learns the flags.
+    let flags_end = args.iter().position(|arg| arg == "--").unwrap_or(args.len());
+    if args[..flags_end].iter().any(|arg| arg == "--help" || arg == "-h") {
         return Ok(Parsed::Help(usage(&options)));
     }
+    let folded = fold_list_flags(args);
+    let matches = options.parse(&folded).map_err(getopts_error)?;
     check_values_present(&folded)?;
     if let Some(arg) = matches.free.first() {
         return Err(error(format!("{}: unexpected argument (flags are --name value)", show(arg))));
@@ -198,11 +200,14 @@ fn options() -> Options {
     o.optopt("", "write-quorum", "votes that commit a write, a majority (default N/2+1)", "NW");
     o.optopt("", "read-quorum", "replicas a read asks, NR+NW > N (default N-NW+1)", "NR");
     o.optopt("", "fsync", "fsync before acknowledging: always|never (default always)", "WHEN");
-    let ms = |what: &str, default: u64| format!("{what} in ms (default {default})");
-    o.optopt("", "heartbeat-ms", &ms("leader heartbeat interval", HEARTBEAT_MS_DEFAULT), "MS");
-    let election = ms("election timeout, >= 3 heartbeats", ELECTION_TIMEOUT_MS_DEFAULT);
+    let heartbeat = format!("leader heartbeat interval in ms (default {HEARTBEAT_MS_DEFAULT})");
+    o.optopt("", "heartbeat-ms", &heartbeat, "MS");
+    let election =
+        format!("election timeout in ms, >= 3 heartbeats (default {ELECTION_TIMEOUT_MS_DEFAULT})");
     o.optopt("", "election-timeout-ms", &election, "MS");
-    let request = ms("client request timeout, >= election timeout", REQUEST_TIMEOUT_MS_DEFAULT);
+    let request = format!(
+        "client request timeout in ms, >= election timeout (default {REQUEST_TIMEOUT_MS_DEFAULT})"
+    );
     o.optopt("", "request-timeout-ms", &request, "MS");
     o.optopt("", "seed", "protocol RNG seed (default: random, logged at start)", "U64");
     let line = format!("longest client line (default {})", d.line_bytes_max);
@@ -646,3 +651,4 @@ fn show(value: impl fmt::Display) -> String {
 fn error(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
+
