@@ -652,3 +652,312 @@ fn error(message: impl Into<String>) -> ConfigError {
     ConfigError(message.into())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<String> {
+        line.split_whitespace().map(String::from).collect()
+    }
+
+    fn run(line: &str) -> Config {
+        match parse_args(&argv(line)) {
+            Ok(Parsed::Run(config)) => *config,
+            other => panic!("{line:?} gave {other:?}"),
+        }
+    }
+
+    fn fails(line: &str) -> String {
+        match parse_args(&argv(line)) {
+            Err(ConfigError(message)) => message,
+            other => panic!("{line:?} should fail but gave {other:?}"),
+        }
+    }
+
+    fn three() -> Flags {
+        Flags { id: Some("1".into()), peers: Some("a:1,b:2,c:3".into()), ..Flags::default() }
+    }
+
+    #[test]
+    fn bad_command_lines_fail_naming_the_flag() {
+        let p3 = "--peers a:1,b:2,c:3";
+        let cases: Vec<(String, &str)> = vec![
+            (format!("--id 1 {p3} --bogus 3"), "--bogus"),
+            (format!("--id 1 {p3} --seed"), "--seed"),
+            (format!("--id 1 {p3} stray"), "stray"),
+            (format!("--id x {p3}"), "--id"),
+            (format!("--id 1 {p3} --heartbeat-ms -5"), "--heartbeat-ms"),
+            (p3.to_string(), "--id"),
+            (format!("--id 0 {p3}"), "--id"),
+            (format!("--id 4 {p3}"), "--id"),
+            ("--id 1 --peers a:1,b,c:3".to_string(), "--peers"),
+            ("--id 1 --peers a:1,b:70000,c:3".to_string(), "--peers"),
+            ("--id 1 --peers a:1,:2,c:3".to_string(), "--peers"),
+            ("--id 1 --peers a:1,b:2,a:1".to_string(), "--peers"),
+            (format!("--id 1 {p3} --write-quorum 1"), "--write-quorum"),
+            (format!("--id 1 {p3} --write-quorum 4"), "--write-quorum"),
+            (format!("--id 1 {p3} --write-quorum 0"), "--write-quorum"),
+            (format!("--id 1 {p3} --read-quorum 1"), "--read-quorum"),
+            (format!("--id 1 {p3} --read-quorum 4"), "--read-quorum"),
+            (format!("--id 1 {p3} --read-quorum 0"), "--read-quorum"),
+            (format!("--id 1 {p3} --fsync sometimes"), "--fsync"),
+            (format!("--id 1 {p3} --heartbeat-ms 0"), "--heartbeat-ms"),
+            (format!("--id 1 {p3} --election-timeout-ms 59"), "--election-timeout-ms"),
+            (format!("--id 1 {p3} --request-timeout-ms 99"), "--request-timeout-ms"),
+            (format!("--id 1 {p3} --max-key-bytes 0"), "--max-key-bytes"),
+            (format!("--id 1 {p3} --max-key-bytes 257"), "--max-key-bytes"),
+            (format!("--id 1 {p3} --max-line-bytes 1000"), "--max-line-bytes"),
+            (format!("--id 1 {p3} --max-clients 0"), "--max-clients"),
+            (format!("--id 1 {p3} --snapshot-every-entries 0"), "--snapshot-every-entries"),
+            (format!("--id 1 {p3} --wal-segment-bytes 4095"), "--wal-segment-bytes"),
+            (format!("--id 1 {p3} --peer-dial x=h:1"), "--peer-dial"),
+            (format!("--id 1 {p3} --peer-dial 4=h:1"), "--peer-dial"),
+            (format!("--id 1 {p3} --peer-dial 1=h:1"), "--peer-dial"),
+            (format!("--id 1 {p3} --peer-dial 2=h"), "--peer-dial"),
+            (format!("--id 1 {p3} --peer-dial 2"), "--peer-dial"),
+            (format!("--id 1 {p3} --hosts a b c --ports 1 2 3"), "--peers"),
+            ("--id 1 --hosts a b c --ports 1 2".to_string(), "--hosts"),
+            ("--id 1 --hosts a b c".to_string(), "--ports"),
+            ("--id 1".to_string(), "--peers"),
+            (format!("--id 1 --id 2 {p3}"), "--id"),
+            (format!("--id {p3}"), "--id"),
+            (
+                format!("--id 1 {p3} --cluster-key-file /nonexistent/quorumkv.key"),
+                "--cluster-key-file",
+            ),
+        ];
+        for (line, flag) in &cases {
+            let message = fails(line);
+            assert!(message.contains(flag), "{line:?}: {message:?} does not name {flag}");
+            assert!(!message.contains('\n'), "{line:?}: {message:?} is not one line");
+            assert!(message.ends_with("try --help"), "{line:?}: {message:?}");
+        }
+    }
+
+    #[test]
+    fn messages_start_with_the_flag_and_state_the_rule() {
+        let p3 = "--peers a:1,b:2,c:3";
+        let wq = fails(&format!("--id 1 {p3} --write-quorum 1"));
+        assert_eq!(wq, "--write-quorum 1: must be > N/2 = 1 (N=3); try --help");
+        let rq = fails(&format!("--id 1 {p3} --read-quorum 1"));
+        assert_eq!(rq, "--read-quorum 1: NR+NW must be > N (1+2 <= 3); try --help");
+        let id = fails(&format!("--id 4 {p3}"));
+        assert_eq!(id, "--id 4: must be in 1..=3 (N=3); try --help");
+        let negative = fails(&format!("--id 1 {p3} --heartbeat-ms -5"));
+        assert!(negative.starts_with("--heartbeat-ms -5: must not be negative"), "{negative}");
+        let dup = fails("--id 1 --peers a:1,b:2,A:01");
+        assert!(dup.starts_with("--peers: duplicate address A:01 (ids 1 and 3)"), "{dup}");
+    }
+
+    #[test]
+    fn defaults_for_three_peers() {
+        let c = run("--id 2 --peers a:1,b:2,c:3");
+        assert_eq!(c.id, ReplicaId(2));
+        assert_eq!((c.write_quorum, c.read_quorum), (2, 2));
+        assert_eq!(c.data_dir, PathBuf::from("./data/2"));
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!((c.heartbeat_ms, c.election_timeout_ms, c.request_timeout_ms), (20, 100, 3000));
+        assert_eq!(c.seed, None);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!((c.clients_max, c.idle_timeout_ms), (1024, 0));
+        assert_eq!(c.cluster_key_file, None);
+        assert!(c.peer_dial.is_empty());
+        assert_eq!((c.snapshot_every_entries, c.wal_segment_bytes), (100_000, 64 << 20));
+    }
+
+    #[test]
+    fn defaults_for_five_peers() {
+        let c = run("--id 5 --peers a:1,b:2,c:3,d:4,e:5");
+        assert_eq!((c.write_quorum, c.read_quorum), (3, 3));
+    }
+
+    #[test]
+    fn default_read_quorum_follows_a_custom_write_quorum() {
+        let c = run("--id 1 --peers a:1,b:2,c:3,d:4,e:5 --write-quorum 4");
+        assert_eq!((c.write_quorum, c.read_quorum), (4, 2));
+    }
+
+    #[test]
+    fn custom_quorums_with_five_peers_are_accepted() {
+        let c = run("--id 1 --peers a:1,b:2,c:3,d:4,e:5 --write-quorum 4 --read-quorum 2");
+        assert_eq!((c.write_quorum, c.read_quorum), (4, 2));
+    }
+
+    #[test]
+    fn one_replica_is_a_cluster() {
+        let c = run("--id 1 --peers localhost:9000");
+        assert_eq!((c.write_quorum, c.read_quorum), (1, 1));
+    }
+
+    #[test]
+    fn hosts_and_ports_forms_give_the_same_peers_as_peers() {
+        let expected = run("--id 1 --peers a:1,b:2,c:3").peers;
+        assert_eq!(run("--id 1 --hosts a b c --ports 1 2 3").peers, expected);
+        assert_eq!(run("--id 1 --hosts a,b,c --ports 1,2,3").peers, expected);
+        assert_eq!(run("--ports 1 2 3 --hosts a b c --id 1").peers, expected);
+        assert_eq!(run("--id 1 --hosts=a,b,c --ports=1,2,3").peers, expected);
+    }
+
+    #[test]
+    fn the_original_readme_command_line_works() {
+        let c = run("--id 3 --hosts localhost localhost localhost --ports 9953 9982 9959");
+        assert_eq!(c.peers, ["localhost:9953", "localhost:9982", "localhost:9959"]);
+        assert_eq!(c.id, ReplicaId(3));
+    }
+
+    #[test]
+    fn bare_ipv6_hosts_are_bracketed() {
+        let c = run("--id 1 --hosts ::1 ::1 --ports 7 8");
+        assert_eq!(c.peers, ["[::1]:7", "[::1]:8"]);
+        let c = run("--id 1 --peers [::1]:7,[::1]:8");
+        assert_eq!(c.peers, ["[::1]:7", "[::1]:8"]);
+    }
+
+    #[test]
+    fn fold_joins_list_values_up_to_the_next_flag() {
+        let folded = fold_list_flags(&argv("--hosts a b --id 1 --ports 1,2 -- --hosts x y"));
+        assert_eq!(folded, argv("--hosts a,b --id 1 --ports 1,2 -- --hosts x y"));
+    }
+
+    #[test]
+    fn help_mentions_every_flag() {
+        for line in ["--help", "-h", "--id 1 --help", "--help --id", "--bogus -h"] {
+            let Ok(Parsed::Help(text)) = parse_args(&argv(line)) else {
+                panic!("{line:?} should give help");
+            };
+            for flag in [
+                "--help",
+                "--id",
+                "--peers",
+                "--hosts",
+                "--ports",
+                "--peer-dial",
+                "--data-dir",
+                "--write-quorum",
+                "--read-quorum",
+                "--fsync",
+                "--heartbeat-ms",
+                "--election-timeout-ms",
+                "--request-timeout-ms",
+                "--seed",
+                "--max-line-bytes",
+                "--max-key-bytes",
+                "--max-value-bytes",
+                "--max-clients",
+                "--idle-timeout-ms",
+                "--cluster-key-file",
+                "--snapshot-every-entries",
+                "--wal-segment-bytes",
+            ] {
+                assert!(text.contains(flag), "help does not mention {flag}:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn help_states_the_defaults() {
+        let Ok(Parsed::Help(text)) = parse_args(&argv("--help")) else { panic!("no help") };
+        for default in ["N/2+1", "N-NW+1", "./data/<id>", "always", "(default 20)", "(default 100)"]
+        {
+            assert!(text.contains(default), "help lacks {default}:\n{text}");
+        }
+        for default in ["(default 3000)", "(default 70000)", "(default 256)", "(default 65536)"] {
+            assert!(text.contains(default), "help lacks {default}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_flag_is_read_into_the_config() {
+        let c = run(
+            "--id 1 --peers a:1,b:2,c:3 --peer-dial 2=proxy:9002 --peer-dial 3=[::1]:9 \
+             --data-dir /tmp/d --fsync never --heartbeat-ms 10 --election-timeout-ms 30 \
+             --request-timeout-ms 30 --seed 42 --max-line-bytes 300 --max-key-bytes 8 \
+             --max-value-bytes 100 --max-clients 7 --idle-timeout-ms 5000 \
+             --snapshot-every-entries 10 --wal-segment-bytes 4096 --write-quorum 3 --read-quorum 1",
+        );
+        assert_eq!(c.peer_dial.get(&ReplicaId(2)).map(String::as_str), Some("proxy:9002"));
+        assert_eq!(c.peer_dial.get(&ReplicaId(3)).map(String::as_str), Some("[::1]:9"));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!((c.heartbeat_ms, c.election_timeout_ms, c.request_timeout_ms), (10, 30, 30));
+        assert_eq!(c.seed, Some(42));
+        let limits = Limits { line_bytes_max: 300, key_bytes_max: 8, value_bytes_max: 100 };
+        assert_eq!(c.limits, limits);
+        assert_eq!((c.clients_max, c.idle_timeout_ms), (7, 5000));
+        assert_eq!((c.snapshot_every_entries, c.wal_segment_bytes), (10, 4096));
+        assert_eq!((c.write_quorum, c.read_quorum), (3, 1));
+    }
+
+    #[test]
+    fn validate_needs_no_argv() {
+        let c = validate(&three()).unwrap();
+        assert_eq!((c.id, c.peers.len()), (ReplicaId(1), 3));
+        let flags = Flags { write_quorum: Some("1".into()), ..three() };
+        assert_eq!(validate(&flags).unwrap_err().0, "--write-quorum 1: must be > N/2 = 1 (N=3)");
+    }
+
+    #[test]
+    fn peers_are_limited_to_255() {
+        let list = |n: u32| (1..=n).map(|p| format!("h:{p}")).collect::<Vec<_>>().join(",");
+        let ok = Flags { peers: Some(list(255)), id: Some("255".into()), ..Flags::default() };
+        assert_eq!(validate(&ok).unwrap().id, ReplicaId(255));
+        let too_many = Flags { peers: Some(list(256)), ..ok };
+        assert!(validate(&too_many).unwrap_err().0.starts_with("--peers: 256 members"));
+    }
+
+    #[test]
+    fn unparsable_addresses_are_refused() {
+        for bad in
+            ["a", "a:", "a:0", "a:65536", "a:-1", ":1", "::1:80", "[::1:80", "[x]:80", "a b:1"]
+        {
+            let flags = Flags { peers: Some(format!("{bad},z:9")), ..three() };
+            let message = validate(&flags).unwrap_err().0;
+            assert!(message.starts_with("--peers "), "{bad}: {message}");
+        }
+    }
+
+    #[test]
+    fn numbers_must_be_non_negative_integers() {
+        let e = |v: &str| validate(&Flags { seed: Some(v.into()), ..three() }).unwrap_err().0;
+        assert_eq!(e("-1"), "--seed -1: must not be negative");
+        assert_eq!(e("1.5"), "--seed 1.5: not a number");
+        assert_eq!(e(""), "--seed : not a number");
+        assert!(e("18446744073709551616").starts_with("--seed 18446744073709551616: too large"));
+    }
+
+    #[test]
+    fn peer_dial_may_not_name_a_peer_twice() {
+        let dial = vec!["2=x:1".to_string(), "2=y:1".to_string()];
+        let message = validate(&Flags { peer_dial: dial, ..three() }).unwrap_err().0;
+        assert_eq!(message, "--peer-dial 2=y:1: peer 2 is given twice");
+    }
+
+    #[test]
+    fn line_limit_must_hold_the_longest_command() {
+        let limits = |line: &str| Flags {
+            max_key_bytes: Some("10".into()),
+            max_value_bytes: Some("100".into()),
+            max_line_bytes: Some(line.into()),
+            ..three()
+        };
+        assert!(validate(&limits("142")).is_ok());
+        let message = validate(&limits("141")).unwrap_err().0;
+        assert!(message.starts_with("--max-line-bytes 141: must be >= "), "{message}");
+    }
+
+    #[test]
+    fn cluster_key_file_must_be_a_readable_non_empty_file() {
+        let dir = std::env::temp_dir().join(format!("quorumkv-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("cluster.key");
+        let line = |path: &std::path::Path| {
+            format!("--id 1 --peers a:1 --cluster-key-file {}", path.display())
+        };
+        std::fs::write(&key, "").unwrap();
+        assert!(fails(&line(&key)).contains(": is empty"));
+        assert!(fails(&line(&dir)).contains(": not a regular file"));
+        std::fs::write(&key, "secret\n").unwrap();
+        assert_eq!(run(&line(&key)).cluster_key_file, Some(key.clone()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
