@@ -583,3 +583,335 @@ fn read_at(file: &File, path: &Path, offset: u64, len: usize, buf: &mut Vec<u8>)
     buf.resize(len, 0);
     reader.read_exact(buf).map_err(io_error(path, "read"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::types::{
+        Command, Entry, EntryId, Epoch, Formation, Incarnation, LogIndex, ReplicaId,
+    };
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A directory under the system temp dir, unique per test, removed on drop.
+    /// Not created: `DiskStorage::open` creates it.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let unique = format!("quorumkv-wal-{name}-{}-{n}", std::process::id());
+            let path = std::env::temp_dir().join(unique);
+            let _ = fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+
+        fn wal(&self) -> PathBuf {
+            wal_path(&self.0)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn inc(counter: u64, nonce: u64) -> Incarnation {
+        Incarnation { counter, nonce }
+    }
+
+    fn entry(epoch: u64, index: u64, ballot: u64, command: Command) -> (LogIndex, Entry) {
+        let id = EntryId { epoch: Epoch(epoch), index: LogIndex(index) };
+        (LogIndex(index), Entry { id, ballot: Epoch(ballot), command })
+    }
+
+    fn put(key: &str, value: &[u8]) -> Command {
+        Command::Put { key: key.to_string(), value: value.to_vec() }
+    }
+
+    /// Every `Persist` variant, with replays that must not be naive: a
+    /// backwards incarnation, a lower commit, drops of present and absent
+    /// slots, a slot refilled after its drop.
+    fn every_op() -> Vec<Persist> {
+        vec![
+            Persist::Incarnation(inc(1, 0xabcd)),
+            Persist::Formation(Formation::Pending(77)),
+            Persist::Incarnations(BTreeMap::from([
+                (ReplicaId(1), inc(1, 0xabcd)),
+                (ReplicaId(2), inc(3, 2)),
+            ])),
+            Persist::Promise { epoch: Epoch(4), leader: Some(inc(3, 2)) },
+            Persist::Accept(vec![
+                entry(4, 1, 4, Command::Noop),
+                entry(4, 2, 4, put("k", b"v\0\xff\n")),
+                entry(4, 3, 4, Command::Del { key: "k".to_string() }),
+                entry(4, 4, 4, Command::Cas { key: "c".into(), version: 2, value: b"x".to_vec() }),
+            ]),
+            Persist::Commit(LogIndex(2)),
+            Persist::Formation(Formation::Complete(77)),
+            Persist::Learner(true),
+            Persist::Incarnations(BTreeMap::from([
+                (ReplicaId(2), inc(2, 9)),
+                (ReplicaId(3), inc(1, 5)),
+            ])),
+            Persist::Promise { epoch: Epoch(9), leader: None },
+            Persist::Drop(vec![LogIndex(3), LogIndex(4), LogIndex(40)]),
+            Persist::Accept(vec![entry(9, 3, 9, put("ключ \"q\"\u{1}", b""))]),
+            Persist::Commit(LogIndex(1)),
+            Persist::Learner(false),
+        ]
+    }
+
+    /// Exhaustive on purpose: a new variant must be added to `every_op`.
+    fn variant(op: &Persist) -> &'static str {
+        match op {
+            Persist::Incarnation(_) => "Incarnation",
+            Persist::Promise { .. } => "Promise",
+            Persist::Accept(_) => "Accept",
+            Persist::Drop(_) => "Drop",
+            Persist::Commit(_) => "Commit",
+            Persist::Incarnations(_) => "Incarnations",
+            Persist::Formation(_) => "Formation",
+            Persist::Learner(_) => "Learner",
+        }
+    }
+
+    fn apply_in_memory(ops: &[Persist]) -> Durable {
+        let mut durable = Durable::default();
+        for op in ops {
+            durable.apply(op);
+        }
+        durable
+    }
+
+    /// Opens `dir`, appends `ops`, syncs, and closes; returns what open recovered.
+    fn append(dir: &Path, fsync: FsyncPolicy, ops: &[Persist]) -> Durable {
+        let (mut storage, recovered) = DiskStorage::open(dir, fsync).unwrap();
+        for op in ops {
+            storage.persist(op).unwrap();
+        }
+        storage.sync().unwrap();
+        recovered
+    }
+
+    fn reopen(dir: &Path) -> Result<Durable> {
+        DiskStorage::open(dir, FsyncPolicy::Never).map(|(_, durable)| durable)
+    }
+
+    fn record(op: &Persist) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_record(op, &mut bytes).unwrap();
+        bytes
+    }
+
+    /// The byte offset of every record of `ops` in a log holding just them.
+    fn record_offsets(ops: &[Persist]) -> Vec<u64> {
+        let mut offset = HEADER_BYTES;
+        let mut offsets = Vec::new();
+        for op in ops {
+            offsets.push(offset);
+            offset += record(op).len() as u64;
+        }
+        offsets
+    }
+
+    #[test]
+    fn round_trip_of_every_op_equals_applying_them_in_memory() {
+        let ops = every_op();
+        let variants: BTreeSet<_> = ops.iter().map(variant).collect();
+        assert_eq!(variants.len(), 8, "every_op misses a Persist variant");
+        for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
+            let dir = TempDir::new("round-trip");
+            assert_eq!(append(&dir.0, fsync, &ops), Durable::default());
+            assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops), "{fsync:?}");
+        }
+    }
+
+    #[test]
+    fn torn_tail_at_every_byte_of_the_last_record_recovers_the_rest() {
+        let dir = TempDir::new("torn-every-byte");
+        let mut ops = every_op();
+        ops.push(Persist::Accept(vec![entry(9, 5, 9, put("last", &[7; 40]))]));
+        append(&dir.0, FsyncPolicy::Always, &ops);
+        let full = fs::read(dir.wal()).unwrap();
+        let last_start = *record_offsets(&ops).last().unwrap();
+        let kept = &ops[..ops.len() - 1];
+        let next = Persist::Commit(LogIndex(5));
+        let after_next = apply_in_memory(&[kept, std::slice::from_ref(&next)].concat());
+        for cut in last_start..full.len() as u64 {
+            fs::write(dir.wal(), &full[..cut as usize]).unwrap();
+            assert_eq!(append(&dir.0, FsyncPolicy::Never, &[]), apply_in_memory(kept), "cut {cut}");
+            assert_eq!(fs::metadata(dir.wal()).unwrap().len(), last_start, "cut {cut}");
+            append(&dir.0, FsyncPolicy::Never, std::slice::from_ref(&next));
+            assert_eq!(reopen(&dir.0).unwrap(), after_next, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn last_record_with_bad_checksum_or_zeros_after_it_is_a_torn_tail() {
+        let dir = TempDir::new("torn-garbage");
+        let ops = every_op();
+        append(&dir.0, FsyncPolicy::Always, &ops);
+        let full = fs::read(dir.wal()).unwrap();
+        let last_start = *record_offsets(&ops).last().unwrap();
+        let kept = apply_in_memory(&ops[..ops.len() - 1]);
+
+        let mut flipped = full.clone();
+        *flipped.last_mut().unwrap() ^= 0x04;
+        fs::write(dir.wal(), &flipped).unwrap();
+        assert_eq!(reopen(&dir.0).unwrap(), kept);
+        assert_eq!(fs::metadata(dir.wal()).unwrap().len(), last_start);
+
+        // A file extended with zeros, as some file systems leave it after a crash.
+        let zeros = [full.clone(), vec![0; 4096]].concat();
+        fs::write(dir.wal(), &zeros).unwrap();
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops));
+        assert_eq!(fs::metadata(dir.wal()).unwrap().len(), full.len() as u64);
+    }
+
+    /// Writes `bytes` as the log and expects `Corrupt` at `offset`, with a
+    /// message naming the file and the offset.
+    fn assert_corrupt_at(dir: &TempDir, bytes: &[u8], offset: u64, what: &str) {
+        fs::write(dir.wal(), bytes).unwrap();
+        let err = reopen(&dir.0).expect_err(what);
+        let message = err.to_string();
+        match err {
+            Error::Corrupt { path, offset: found, .. } => {
+                assert_eq!((path, found), (dir.wal(), offset), "{what}: {message}");
+            }
+            other => panic!("{what}: expected Corrupt, got {other}"),
+        }
+        assert!(message.contains(&dir.wal().display().to_string()), "{what}: {message}");
+        assert!(message.contains(&format!("offset {offset}")), "{what}: {message}");
+    }
+
+    #[test]
+    fn flipped_bit_in_a_middle_record_is_corrupt_naming_file_and_offset() {
+        let dir = TempDir::new("corrupt-middle");
+        let ops = every_op();
+        append(&dir.0, FsyncPolicy::Always, &ops);
+        let full = fs::read(dir.wal()).unwrap();
+        let middle = 4;
+        let offset = record_offsets(&ops)[middle];
+        let len = record(&ops[middle]).len() as u64;
+        // Every bit of the length and checksum fields, and one bit of every
+        // payload byte.
+        let header_bits = (0..64).map(|bit| (offset + bit / 8, 1 << (bit % 8)));
+        let payload_bits = (offset + 8..offset + len).map(|at| (at, 1 << (at % 8)));
+        for (at, mask) in header_bits.chain(payload_bits) {
+            let mut bytes = full.clone();
+            bytes[at as usize] ^= mask;
+            assert_corrupt_at(&dir, &bytes, offset, &format!("byte {at} ^ {mask:#x}"));
+        }
+        fs::write(dir.wal(), &full).unwrap();
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops), "the log is intact again");
+    }
+
+    #[test]
+    fn corruption_scan_finds_the_next_record_across_window_edges() {
+        let dir = TempDir::new("scan-windows");
+        let ops = every_op();
+        append(&dir.0, FsyncPolicy::Never, &ops);
+        let offsets = record_offsets(&ops);
+        let file = File::open(dir.wal()).unwrap();
+        let file_len = file.metadata().unwrap().len();
+        for window_bytes in 1..64 {
+            let found = |from| find_valid_frame(&file, &dir.wal(), from, file_len, window_bytes);
+            for pair in offsets.windows(2) {
+                let next = found(pair[0] + 1).unwrap();
+                assert_eq!(next, Some(pair[1]), "window {window_bytes}, from {}", pair[0] + 1);
+            }
+            let last = *offsets.last().unwrap();
+            assert_eq!(found(last + 1).unwrap(), None, "window {window_bytes}: nothing after last");
+        }
+    }
+
+    #[test]
+    fn last_record_with_good_checksum_but_no_op_is_corrupt_not_torn() {
+        let dir = TempDir::new("undecodable");
+        append(&dir.0, FsyncPolicy::Never, &every_op());
+        let mut bytes = fs::read(dir.wal()).unwrap();
+        let offset = bytes.len() as u64;
+        let payload = b"{\"NoSuchOp\":1}";
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        assert_corrupt_at(&dir, &bytes, offset, "undecodable last record");
+    }
+
+    #[test]
+    fn newer_format_version_is_refused_naming_the_file() {
+        let dir = TempDir::new("newer-format");
+        fs::create_dir_all(&dir.0).unwrap();
+        let newer = [&MAGIC[..], &(FORMAT_VERSION + 1).to_le_bytes()].concat();
+        fs::write(dir.wal(), &newer).unwrap();
+        let err = reopen(&dir.0).unwrap_err();
+        assert!(err.to_string().contains(&dir.wal().display().to_string()), "{err}");
+        match err {
+            Error::NewerFormat { path, found, supported } => {
+                assert_eq!((path, found, supported), (dir.wal(), 2, 1));
+            }
+            other => panic!("expected NewerFormat, got {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_magic_is_corrupt_at_offset_zero() {
+        let dir = TempDir::new("bad-magic");
+        fs::create_dir_all(&dir.0).unwrap();
+        assert_corrupt_at(&dir, b"NOTAWAL\0\x01\0\0\0", 0, "bad magic");
+        assert_corrupt_at(&dir, b"QKV-", 0, "short file that is no header prefix");
+    }
+
+    #[test]
+    fn empty_missing_and_torn_header_dirs_open_as_blank() {
+        let missing = TempDir::new("missing");
+        let nested = missing.0.join("a").join("b");
+        let empty = TempDir::new("empty");
+        fs::create_dir_all(&empty.0).unwrap();
+        let torn = TempDir::new("torn-header");
+        fs::create_dir_all(&torn.0).unwrap();
+        fs::write(torn.wal(), &header_bytes()[..5]).unwrap();
+        let ops = [Persist::Learner(true)];
+        for dir in [&nested, &missing.0, &empty.0, &torn.0] {
+            assert_eq!(append(dir, FsyncPolicy::Always, &ops), Durable::default());
+            assert_eq!(reopen(dir).unwrap(), apply_in_memory(&ops), "{dir:?}");
+        }
+    }
+
+    #[test]
+    fn appends_after_reopen_continue_after_the_recovered_records() {
+        let dir = TempDir::new("append-after-reopen");
+        let ops = every_op();
+        let (first, second) = ops.split_at(5);
+        append(&dir.0, FsyncPolicy::Always, first);
+        assert_eq!(append(&dir.0, FsyncPolicy::Always, second), apply_in_memory(first));
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops));
+        let expected: Vec<u8> =
+            header_bytes().into_iter().chain(ops.iter().flat_map(record)).collect();
+        assert_eq!(fs::read(dir.wal()).unwrap(), expected, "one header, records in order");
+    }
+
+    #[test]
+    fn failed_write_poisons_the_storage() {
+        let dir = TempDir::new("poison");
+        let (mut storage, _) = DiskStorage::open(&dir.0, FsyncPolicy::Always).unwrap();
+        // A read-only handle makes the next write fail, as a full disk would.
+        storage.file = File::open(dir.wal()).unwrap();
+        storage.persist(&Persist::Learner(true)).unwrap();
+        let err = storage.sync().unwrap_err();
+        assert!(matches!(err, Error::Io { op: "write", .. }), "{err}");
+        assert!(storage.sync().is_err(), "a failed write is never retried");
+        assert!(storage.persist(&Persist::Learner(false)).is_err());
+    }
+
+    #[test]
+    fn second_open_of_a_directory_in_use_is_refused() {
+        let dir = TempDir::new("lock");
+        let (_storage, _) = DiskStorage::open(&dir.0, FsyncPolicy::Never).unwrap();
+        let err = reopen(&dir.0).unwrap_err();
+        assert!(matches!(err, Error::Io { op: "lock", .. }), "{err}");
+    }
+}
