@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod config;
+pub mod exec;
 pub mod log;
 pub mod protocol;
 pub mod storage;

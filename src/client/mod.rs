@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn pinned_error_forms_match_design_section_9() {
-        let e = ClientError::NoQuorum { live: 1, needed: 2, down: vec![ReplicaId(2), ReplicaId(3)] };
+        let e =
+            ClientError::NoQuorum { live: 1, needed: 2, down: vec![ReplicaId(2), ReplicaId(3)] };
         assert_eq!(encoded(Reply::Error(e)), "ERR NOQUORUM 1/2 down=2,3\n");
         let e = ClientError::NoQuorum { live: 1, needed: 2, down: vec![] };
         assert_eq!(encoded(Reply::Error(e)), "ERR NOQUORUM 1/2\n");
@@ -187,7 +188,10 @@ mod tests {
             limit: 65536,
             flag: "--max-value-bytes".into(),
         };
-        assert_eq!(encoded(Reply::Error(e)), "ERR TOOLARGE value 70000 > 65536 (--max-value-bytes)\n");
+        assert_eq!(
+            encoded(Reply::Error(e)),
+            "ERR TOOLARGE value 70000 > 65536 (--max-value-bytes)\n"
+        );
         assert_eq!(encoded(Reply::Error(ClientError::Conflict(7))), "ERR CONFLICT 7\n");
     }
 

@@ -73,7 +73,9 @@ pub enum PeerMsg {
     /// A follower's answer to a heartbeat at the leader's epoch.
     HeartbeatAck { epoch: Epoch, seq: u64, commit: LogIndex },
     /// A follower passes a client write (or a read-index read) to the leader of `epoch`.
-    Forward { req: ReqId, epoch: Epoch, request: Request },
+    /// `boot` is random per process start of the follower, so a restarted
+    /// follower's request ids never collide with its earlier ones.
+    Forward { req: ReqId, boot: u64, epoch: Epoch, request: Request },
     /// The leader's answer to a Forward.
     ForwardReply { req: ReqId, reply: Reply },
     /// Read quorum: "what do you hold for `key`?"

@@ -1,0 +1,590 @@
+//! Bully with epochs, promises and recovery (DESIGN §3).
+//!
+//! Bully picks *who* leads (the highest live full member); epochs and promises
+//! make it safe when Bully is wrong (a partition, a paused process): only an
+//! epoch that a majority of N durably promised can get votes, and the winner
+//! first recovers every entry a majority may have chosen before it serves.
+
+use super::message::PeerMsg;
+use super::types::{Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId};
+use super::{quorum, Campaign, Output, Replica, Role, Waiter, BATCH_ENTRIES_MAX};
+use crate::client::{ClientError, Reply, Request};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// What one promise carried (DESIGN §3.2).
+#[derive(Clone, Debug)]
+pub(super) struct PromiseInfo {
+    /// The promiser's commit index: its entries at or below it are chosen.
+    pub commit: LogIndex,
+    /// Entries above the winner's commit index.
+    pub entries: Vec<(LogIndex, Entry)>,
+    /// True when the committed part of `entries` was cut short.
+    pub truncated: bool,
+    /// The promiser's incarnation.
+    pub incarnation: Incarnation,
+}
+
+/// A vote tally for one slot proposed in this epoch.
+#[derive(Debug)]
+pub(super) struct Tally {
+    /// Replicas that stored the slot's entry in this ballot (the leader included).
+    pub voters: BTreeSet<ReplicaId>,
+    /// When ACCEPT was last sent for this slot (for re-sends).
+    pub sent_at: Millis,
+}
+
+/// A write the leader has not proposed yet (recovery still running, or the
+/// in-flight window is full).
+#[derive(Debug)]
+pub(super) struct QueuedWrite {
+    pub waiter: Waiter,
+    pub request: Request,
+    pub deadline: Millis,
+}
+
+/// A forwarded write's identity: (follower, follower boot, follower's request id).
+pub(super) type DedupKey = (ReplicaId, u64, u64);
+
+/// What the leader knows of a forwarded write.
+#[derive(Debug)]
+pub(super) enum Dedup {
+    /// Queued or proposed, not yet answered.
+    Pending,
+    /// Answered with this reply at this time (kept a while for re-sent forwards).
+    Done(Reply, Millis),
+}
+
+/// A leader-fallback read waiting for its heartbeat round (DESIGN §5).
+#[derive(Debug)]
+pub(super) struct ReadIndexWait {
+    pub waiter: Waiter,
+    pub key: String,
+    pub with_version: bool,
+    /// The heartbeat round that must be acknowledged by a majority.
+    pub seq: u64,
+    /// The commit index at arrival; answer once applied reaches it.
+    pub commit_at: LogIndex,
+    pub deadline: Millis,
+}
+
+/// A leader's volatile state for its epoch.
+#[derive(Debug)]
+pub(super) struct Leadership {
+    pub epoch: Epoch,
+    /// Set while recovery fetches chosen entries up to this commit index.
+    pub recovering_to: Option<LogIndex>,
+    /// The promises recovery works from, kept while it fetches.
+    pub promises: BTreeMap<ReplicaId, PromiseInfo>,
+    /// The epoch's own first entry; the leader serves once it commits.
+    pub noop_index: Option<LogIndex>,
+    /// Recovery (or serving) must progress before this time.
+    pub progress_deadline: Millis,
+    /// Slots proposed in this epoch and not yet chosen.
+    pub tallies: BTreeMap<LogIndex, Tally>,
+    /// Slots appended but not yet persisted and sent (done by `flush`).
+    pub unsent: Vec<LogIndex>,
+    /// Who waits for each proposed slot.
+    pub waiters: BTreeMap<LogIndex, (Waiter, Millis)>,
+    /// Writes not yet proposed.
+    pub queued: VecDeque<QueuedWrite>,
+    /// Forwarded writes of this epoch.
+    pub dedup: BTreeMap<DedupKey, Dedup>,
+    /// Last answer at our epoch from each peer (liveness, DESIGN §2).
+    pub last_ack: BTreeMap<ReplicaId, Millis>,
+    /// Highest heartbeat round each peer acknowledged.
+    pub acked_seq: BTreeMap<ReplicaId, u64>,
+    /// Each peer's commit index as of its last heartbeat ack (for STATUS lag).
+    pub peer_commit: BTreeMap<ReplicaId, LogIndex>,
+    /// Last heartbeat round sent.
+    pub hb_seq: u64,
+    pub next_heartbeat: Millis,
+    /// Read-index reads waiting for confirmation.
+    pub read_index: Vec<ReadIndexWait>,
+    /// A read-index read arrived since the last heartbeat: send one at flush.
+    pub heartbeat_now: bool,
+    /// Slots committed since the last flush, for the COMMIT broadcast.
+    pub commit_notice: Vec<(LogIndex, EntryId)>,
+}
+
+impl Leadership {
+    fn new(epoch: Epoch, now: Millis, progress_deadline: Millis) -> Leadership {
+        Leadership {
+            epoch,
+            recovering_to: None,
+            promises: BTreeMap::new(),
+            noop_index: None,
+            progress_deadline,
+            tallies: BTreeMap::new(),
+            unsent: Vec::new(),
+            waiters: BTreeMap::new(),
+            queued: VecDeque::new(),
+            dedup: BTreeMap::new(),
+            last_ack: BTreeMap::new(),
+            acked_seq: BTreeMap::new(),
+            peer_commit: BTreeMap::new(),
+            hb_seq: 0,
+            next_heartbeat: now,
+            read_index: Vec::new(),
+            heartbeat_now: false,
+            commit_notice: Vec::new(),
+        }
+    }
+
+    /// True once recovery is over and the epoch's own first entry committed.
+    pub fn is_serving(&self, commit: LogIndex) -> bool {
+        self.recovering_to.is_none() && self.noop_index.is_some_and(|n| commit >= n)
+    }
+}
+
+impl Replica {
+    /// Timers of election and leadership.
+    pub(super) fn tick_election(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.learner {
+            return;
+        }
+        match &self.role {
+            Role::Follower => {
+                if now >= self.election_deadline {
+                    self.start_election(now, out);
+                }
+            }
+            Role::Candidate(Campaign::Bully { deadline }) => {
+                if now >= *deadline {
+                    self.win(now, out);
+                }
+            }
+            Role::Candidate(Campaign::AwaitCoordinator { deadline }) => {
+                if now >= *deadline {
+                    self.start_election(now, out);
+                }
+            }
+            Role::Candidate(Campaign::Promises { deadline, epoch, .. }) => {
+                if now >= *deadline {
+                    crate::qlog!("election: no majority of promises for epoch {epoch}; retrying");
+                    self.become_follower(now, None);
+                }
+            }
+            Role::Leader(_) => self.tick_leader(now, out),
+        }
+    }
+
+    /// A leader's timers: heartbeats, step-down without a majority, recovery progress.
+    fn tick_leader(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let majority = quorum::majority(self.cfg.n);
+        let live = self.live_peers(now).len() + 1;
+        let Role::Leader(l) = &self.role else { return };
+        if live < majority {
+            crate::qlog!("step-down: heard from {live}/{majority} at epoch {}", l.epoch);
+            self.step_down(now, out);
+            return;
+        }
+        if !l.is_serving(self.commit) && now >= l.progress_deadline {
+            crate::qlog!("recovery made no progress in epoch {}; abandoning it", l.epoch);
+            self.step_down(now, out);
+            return;
+        }
+        if now >= l.next_heartbeat {
+            self.send_heartbeat(now, out);
+        }
+    }
+
+    /// Starts (or restarts) Bully: ELECTION to every reachable higher id.
+    pub(super) fn start_election(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.learner || !self.is_formed() {
+            return;
+        }
+        if !matches!(self.role, Role::Candidate(_)) {
+            self.stats.elections_started += 1;
+            self.stats.last_election = Some((now, None));
+            crate::qlog!("election: starting (epoch {}, leader silent or lost)", self.promise);
+        }
+        self.lose_leader(out);
+        let me = self.cfg.id;
+        let higher: Vec<ReplicaId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| **id > me && p.link_up && !p.learner)
+            .map(|(id, _)| *id)
+            .collect();
+        if higher.is_empty() {
+            self.win(now, out);
+            return;
+        }
+        self.send(higher, PeerMsg::Election, out);
+        let deadline = now.plus(self.alive_wait_ms());
+        self.role = Role::Candidate(Campaign::Bully { deadline });
+    }
+
+    /// How long a candidate waits for ALIVE from a higher id: a round trip on a
+    /// busy machine, well inside the election timeout.
+    fn alive_wait_ms(&self) -> u64 {
+        (self.cfg.election_timeout_ms / 2).max(2 * self.cfg.heartbeat_ms)
+    }
+
+    /// Bully winner: claim the next epoch we own and ask for promises.
+    pub(super) fn win(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let n = self.cfg.n as u64;
+        let floor = self.known_epoch.max(self.promise).0 + 1;
+        let mut e = floor;
+        while self.owner(Epoch(e)) != self.cfg.id {
+            e += 1;
+        }
+        assert!(e < floor + n, "no owned epoch within N of {floor}");
+        let epoch = Epoch(e);
+        self.persist_promise(epoch, Some(self.incarnation), out);
+        crate::qlog!("election: Bully winner; asking for promises for epoch {epoch}");
+        let mut promises = BTreeMap::new();
+        promises.insert(self.cfg.id, self.own_promise_info(self.commit));
+        let deadline = now.plus(self.cfg.election_timeout_ms);
+        self.role = Role::Candidate(Campaign::Promises { epoch, promises, deadline });
+        self.send(self.others(), PeerMsg::Coordinator { epoch, commit: self.commit }, out);
+        if quorum::majority(self.cfg.n) == 1 {
+            self.become_leader(now, out);
+        }
+    }
+
+    /// What we hold above `their_commit`, as a promise reports it.
+    fn own_promise_info(&self, their_commit: LogIndex) -> PromiseInfo {
+        let (entries, truncated) = self.entries_above(their_commit);
+        PromiseInfo { commit: self.commit, entries, truncated, incarnation: self.incarnation }
+    }
+
+    /// Every entry above `from`: the committed part capped at a few batches,
+    /// the uncommitted part whole (a winner needs all of it).
+    fn entries_above(&self, from: LogIndex) -> (Vec<(LogIndex, Entry)>, bool) {
+        let cap = 4 * BATCH_ENTRIES_MAX;
+        let mut entries = Vec::new();
+        let mut truncated = false;
+        for (index, entry) in self.log.range(from.next()..) {
+            if *index <= self.commit && entries.len() >= cap {
+                truncated = true;
+                continue;
+            }
+            entries.push((*index, entry.clone()));
+        }
+        (entries, truncated)
+    }
+
+    pub(super) fn on_election(&mut self, now: Millis, from: ReplicaId, out: &mut Vec<Output>) {
+        if self.learner || from > self.cfg.id {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        self.send(vec![from], PeerMsg::Alive, out);
+        match &self.role {
+            // A leader answers with a heartbeat so the candidate follows at once.
+            Role::Leader(_) => self.send_heartbeat_to(vec![from], out),
+            Role::Candidate(_) => {}
+            Role::Follower => {
+                if self.leader.is_none() {
+                    self.start_election(now, out);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_alive(&mut self, now: Millis, from: ReplicaId) {
+        if from < self.cfg.id {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        if let Role::Candidate(Campaign::Bully { .. }) = self.role {
+            let deadline = now.plus(self.cfg.election_timeout_ms);
+            self.role = Role::Candidate(Campaign::AwaitCoordinator { deadline });
+        }
+    }
+
+    pub(super) fn on_coordinator(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        inc: Incarnation,
+        epoch: Epoch,
+        their_commit: LogIndex,
+        out: &mut Vec<Output>,
+    ) {
+        if self.learner {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        let repeat = epoch == self.promise && self.promise_leader == Some(inc);
+        if epoch < self.promise || (epoch == self.promise && !repeat) {
+            self.send(vec![from], PeerMsg::Refuse { epoch, promised: self.promise }, out);
+            return;
+        }
+        if epoch > self.promise {
+            self.persist_promise(epoch, Some(inc), out);
+        }
+        if !matches!(self.role, Role::Follower) {
+            self.step_down(now, out);
+        }
+        self.follow(now, from, epoch, out);
+        let info = self.own_promise_info(their_commit);
+        let msg = PeerMsg::Promise {
+            epoch,
+            commit: info.commit,
+            entries: info.entries,
+            truncated: info.truncated,
+            incarnations: self.incarnations.clone(),
+        };
+        self.send(vec![from], msg, out);
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        info: PromiseInfo,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
+        out: &mut Vec<Output>,
+    ) {
+        let Role::Candidate(Campaign::Promises { epoch: ours, promises, .. }) = &mut self.role
+        else {
+            return;
+        };
+        if *ours != epoch {
+            return;
+        }
+        // A promise from an incarnation older than what another promiser
+        // reports for that replica was made by a wiped directory: discard it.
+        let reported = incarnations.get(&from).copied();
+        if reported.is_some_and(|r| r.counter > info.incarnation.counter) {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        promises.insert(from, info);
+        if promises.len() >= quorum::majority(self.cfg.n) {
+            self.become_leader(now, out);
+        }
+    }
+
+    pub(super) fn on_refuse(
+        &mut self,
+        now: Millis,
+        epoch: Epoch,
+        promised: Epoch,
+        out: &mut Vec<Output>,
+    ) {
+        let Role::Candidate(Campaign::Promises { epoch: ours, .. }) = &self.role else { return };
+        if *ours != epoch || promised <= epoch {
+            return;
+        }
+        self.known_epoch = self.known_epoch.max(promised);
+        if self.owner(promised) > self.cfg.id {
+            // A higher id claimed a newer epoch: Bully says it leads.
+            self.become_follower(now, None);
+        } else {
+            crate::qlog!("election: epoch {epoch} refused (promised {promised}); retrying higher");
+            self.win(now, out);
+        }
+    }
+
+    /// Any full member's message with an epoch above ours.
+    pub(super) fn observe_higher_epoch(
+        &mut self,
+        now: Millis,
+        epoch: Epoch,
+        out: &mut Vec<Output>,
+    ) {
+        match &self.role {
+            Role::Leader(_) | Role::Candidate(_) => {
+                crate::qlog!("saw epoch {epoch} above ours ({}); standing down", self.promise);
+                self.step_down(now, out);
+            }
+            Role::Follower => {
+                if self.leader.is_some_and(|(_, e)| e < epoch) {
+                    self.lose_leader(out);
+                }
+            }
+        }
+    }
+
+    /// With promises from a majority: lead, and recover the log (DESIGN §3.2).
+    pub(super) fn become_leader(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let Role::Candidate(Campaign::Promises { epoch, promises, .. }) =
+            std::mem::replace(&mut self.role, Role::Follower)
+        else {
+            panic!("become_leader outside the promise phase");
+        };
+        assert_eq!(epoch, self.promise, "leading an epoch we did not promise");
+        assert_eq!(self.owner(epoch), self.cfg.id, "leading an epoch we do not own");
+        let mut promises = promises;
+        promises.insert(self.cfg.id, self.own_promise_info(self.commit));
+        self.stats.leaderships += 1;
+        if let Some((start, _)) = self.stats.last_election {
+            self.stats.last_election = Some((start, Some(now)));
+        }
+        self.leader = Some((self.cfg.id, epoch));
+        let deadline = now.plus(self.cfg.election_timeout_ms);
+        let mut leadership = Leadership::new(epoch, now, deadline);
+        for id in promises.keys().filter(|id| **id != self.cfg.id) {
+            leadership.last_ack.insert(*id, now);
+        }
+        self.role = Role::Leader(Box::new(leadership));
+        crate::qlog!("leader of epoch {epoch} with promises from {:?}; recovering", ids(&promises));
+
+        // Step 1: slots up to H, the highest commit index heard, are chosen.
+        let high = promises.values().map(|p| p.commit).max().unwrap_or(self.commit);
+        let mut chosen = Vec::new();
+        for p in promises.values() {
+            for (index, entry) in &p.entries {
+                if *index <= p.commit && *index > self.commit {
+                    chosen.push((*index, entry.clone()));
+                }
+            }
+        }
+        self.install_chosen(now, chosen, out);
+        if self.commit < high {
+            let source = promises
+                .iter()
+                .find(|(_, p)| p.commit == high)
+                .map(|(id, _)| *id)
+                .expect("H comes from some promise");
+            let l = self.leadership_mut();
+            l.recovering_to = Some(high);
+            l.promises = promises;
+            self.request_fetch(now, source, out);
+            return;
+        }
+        self.finish_recovery(now, promises, out);
+    }
+
+    /// Recovery steps 2 and 3: re-propose the highest-ballot entry of every slot
+    /// above H (no-op for holes), then one no-op of our own epoch.
+    pub(super) fn finish_recovery(
+        &mut self,
+        now: Millis,
+        promises: BTreeMap<ReplicaId, PromiseInfo>,
+        out: &mut Vec<Output>,
+    ) {
+        let epoch = self.promise;
+        let base = self.commit;
+        let mut best: BTreeMap<LogIndex, Entry> = BTreeMap::new();
+        let own: Vec<(LogIndex, Entry)> =
+            self.log.range(base.next()..).map(|(i, e)| (*i, e.clone())).collect();
+        let theirs = promises.into_values().flat_map(|p| p.entries);
+        for (index, entry) in own.into_iter().chain(theirs) {
+            if index <= base {
+                continue;
+            }
+            match best.get(&index) {
+                Some(held) if held.ballot >= entry.ballot => {}
+                _ => {
+                    best.insert(index, entry);
+                }
+            }
+        }
+        let last = best.keys().next_back().copied().unwrap_or(base);
+        let mut index = base.next();
+        while index <= last {
+            let (id, command) = match best.remove(&index) {
+                Some(entry) => (entry.id, entry.command),
+                None => (EntryId { epoch, index }, Command::Noop),
+            };
+            self.propose_at(now, index, Entry { id, ballot: epoch, command });
+            index = index.next();
+        }
+        let noop = last.next();
+        self.propose_at(
+            now,
+            noop,
+            Entry { id: EntryId { epoch, index: noop }, ballot: epoch, command: Command::Noop },
+        );
+        let progress_deadline = now.plus(self.cfg.election_timeout_ms);
+        let l = self.leadership_mut();
+        l.recovering_to = None;
+        l.noop_index = Some(noop);
+        l.progress_deadline = progress_deadline;
+        crate::qlog!(
+            "recovery: re-proposed slots {}..={} in epoch {epoch}; no-op at {noop}",
+            base.next(),
+            last
+        );
+        self.send_heartbeat(now, out);
+    }
+
+    /// Leaves leadership or candidacy. Proposed writes get `ERR TIMEOUT` (they
+    /// may still commit under the next leader); writes never proposed get
+    /// `ERR NOLEADER` (they are applied nowhere).
+    pub(super) fn step_down(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if let Role::Leader(l) = std::mem::replace(&mut self.role, Role::Follower) {
+            let epoch = l.epoch;
+            for (_, (waiter, _)) in l.waiters {
+                let detail = format!(
+                    "leader {} left epoch {epoch} before the write committed; it may or may not commit",
+                    self.cfg.id
+                );
+                self.answer(waiter, Reply::Error(ClientError::Timeout(detail)), out);
+            }
+            for q in l.queued {
+                let detail =
+                    format!("leader {} left epoch {epoch}; write not proposed", self.cfg.id);
+                self.answer(q.waiter, Reply::Error(ClientError::NoLeader(detail)), out);
+            }
+            for r in l.read_index {
+                let detail = format!("leader {} left epoch {epoch} during the read", self.cfg.id);
+                self.answer(r.waiter, Reply::Error(ClientError::Timeout(detail)), out);
+            }
+        }
+        self.become_follower(now, None);
+    }
+
+    /// Becomes a follower of `leader` (or of nobody yet).
+    pub(super) fn become_follower(&mut self, now: Millis, leader: Option<(ReplicaId, Epoch)>) {
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.reset_election_deadline(now);
+    }
+
+    /// Follows the leader of `epoch` (a heartbeat, accept or coordinator from it).
+    pub(super) fn follow(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        out: &mut Vec<Output>,
+    ) {
+        if self.leader != Some((from, epoch)) {
+            self.lose_leader(out);
+            crate::qlog!("following leader {from} in epoch {epoch}");
+            if let Some((start, None)) = self.stats.last_election {
+                self.stats.last_election = Some((start, Some(now)));
+            }
+        }
+        self.role = Role::Follower;
+        self.leader = Some((from, epoch));
+        self.reset_election_deadline(now);
+        self.forward_awaiting(now, out);
+    }
+
+    /// Drops the current leader: forwards sent to it can no longer be answered.
+    pub(super) fn lose_leader(&mut self, out: &mut Vec<Output>) {
+        if let Some((id, epoch)) = self.leader.take() {
+            self.fail_forwards(id, epoch, out);
+        }
+    }
+
+    /// True when `inc` is older than what we record for `from` (or the same
+    /// counter with another nonce): a wiped directory's old incarnation.
+    pub(super) fn is_stale_incarnation(&self, from: ReplicaId, inc: Incarnation) -> bool {
+        match self.incarnations.get(&from) {
+            Some(known) => {
+                inc.counter < known.counter
+                    || (inc.counter == known.counter && inc.nonce != known.nonce)
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn leadership_mut(&mut self) -> &mut Leadership {
+        match &mut self.role {
+            Role::Leader(l) => l,
+            _ => panic!("leadership_mut on a non-leader"),
+        }
+    }
+}
+
+fn ids<V>(map: &BTreeMap<ReplicaId, V>) -> Vec<u8> {
+    map.keys().map(|id| id.0).collect()
+}

@@ -1,0 +1,820 @@
+//! The write path and catch-up (DESIGN §4, §6): ACCEPT → votes → commit in
+//! index order → apply → reply → COMMIT; forwarding from followers; fetching
+//! committed entries a replica missed.
+
+use super::election::{Dedup, DedupKey, QueuedWrite, Tally};
+use super::message::PeerMsg;
+use super::types::{
+    Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId, ReqId,
+};
+use super::{
+    reply, Output, Persist, Replica, Role, Waiter, BATCH_ENTRIES_MAX, INFLIGHT_ENTRIES_MAX,
+};
+use crate::client::{ClientError, Reply, Request};
+
+/// Who a forward answers when the leader replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A client write (or read) on this replica.
+    Client(ReqId),
+    /// A quorum read that fell back to the leader (by read id).
+    Read(u64),
+}
+
+/// A write (or fallback read) forwarded to the leader of `epoch`.
+#[derive(Debug)]
+pub(super) struct Forwarding {
+    pub origin: Origin,
+    pub to: ReplicaId,
+    pub epoch: Epoch,
+    pub request: Request,
+    pub deadline: Millis,
+    pub resend_at: Millis,
+}
+
+impl Replica {
+    /// The highest slot this replica holds anything in.
+    pub(super) fn last_index(&self) -> LogIndex {
+        self.log.keys().next_back().copied().unwrap_or(self.commit).max(self.commit)
+    }
+
+    pub(super) fn on_client_write(
+        &mut self,
+        now: Millis,
+        req: ReqId,
+        request: Request,
+        out: &mut Vec<Output>,
+    ) {
+        if matches!(self.role, Role::Leader(_)) {
+            self.leader_write(now, Waiter::Local(req), request, out);
+            return;
+        }
+        match self.leader {
+            Some((to, epoch)) => self.forward(now, Origin::Client(req), to, epoch, request, out),
+            None => {
+                if self.lacks_write_quorum(now) {
+                    reply(out, req, Reply::Error(self.no_quorum(now)));
+                } else {
+                    let deadline = now.plus(self.cfg.request_timeout_ms);
+                    self.awaiting_leader.push((req, request, deadline));
+                }
+            }
+        }
+    }
+
+    /// Sends `request` to the leader of `epoch`, remembering it for the reply.
+    pub(super) fn forward(
+        &mut self,
+        now: Millis,
+        origin: Origin,
+        to: ReplicaId,
+        epoch: Epoch,
+        request: Request,
+        out: &mut Vec<Output>,
+    ) {
+        let id = self.next_forward;
+        self.next_forward += 1;
+        let msg =
+            PeerMsg::Forward { req: ReqId(id), boot: self.boot, epoch, request: request.clone() };
+        self.send(vec![to], msg, out);
+        let deadline = now.plus(self.cfg.request_timeout_ms);
+        let resend_at = now.plus(self.forward_resend_ms());
+        self.forwards.insert(id, Forwarding { origin, to, epoch, request, deadline, resend_at });
+    }
+
+    fn forward_resend_ms(&self) -> u64 {
+        (self.cfg.election_timeout_ms / 2).max(1)
+    }
+
+    /// A leader became known: send it every write that waited for one.
+    pub(super) fn forward_awaiting(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.awaiting_leader.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.awaiting_leader);
+        for (req, request, _) in waiting {
+            self.on_client_write(now, req, request, out);
+        }
+    }
+
+    /// The leader we forwarded to is gone: the outcome of each forward is unknown.
+    pub(super) fn fail_forwards(&mut self, leader: ReplicaId, epoch: Epoch, out: &mut Vec<Output>) {
+        let lost: Vec<u64> = self
+            .forwards
+            .iter()
+            .filter(|(_, f)| f.to == leader && f.epoch == epoch)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lost {
+            let f = self.forwards.remove(&id).expect("listed above");
+            let detail = format!(
+                "lost leader {leader} (epoch {epoch}) before it answered; the write may or may not have committed"
+            );
+            self.finish_forward(f.origin, Reply::Error(ClientError::Timeout(detail)), out);
+        }
+    }
+
+    fn finish_forward(&mut self, origin: Origin, answer: Reply, out: &mut Vec<Output>) {
+        match origin {
+            Origin::Client(req) => reply(out, req, answer),
+            Origin::Read(read) => self.finish_fallback_read(read, answer, out),
+        }
+    }
+
+    pub(super) fn on_forward_reply(&mut self, req: ReqId, answer: Reply, out: &mut Vec<Output>) {
+        if let Some(f) = self.forwards.remove(&req.0) {
+            self.finish_forward(f.origin, answer, out);
+        }
+    }
+
+    /// The leader's side of a forward (DESIGN §4.1): only forwards addressed to
+    /// our current epoch, each applied at most once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_forward(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        req: ReqId,
+        boot: u64,
+        epoch: Epoch,
+        request: Request,
+        out: &mut Vec<Output>,
+    ) {
+        let Role::Leader(l) = &mut self.role else {
+            self.stats.dropped_messages += 1;
+            return;
+        };
+        if l.epoch != epoch {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        let waiter = Waiter::Remote { from, boot, req };
+        match request {
+            Request::Get { key } => return self.read_index(now, waiter, key, false, out),
+            Request::GetV { key } => return self.read_index(now, waiter, key, true, out),
+            _ => {}
+        }
+        let key: DedupKey = (from, boot, req.0);
+        match l.dedup.get(&key) {
+            Some(Dedup::Pending) => {}
+            Some(Dedup::Done(answer, _)) => {
+                let msg = PeerMsg::ForwardReply { req, reply: answer.clone() };
+                self.send(vec![from], msg, out);
+            }
+            None => {
+                l.dedup.insert(key, Dedup::Pending);
+                self.leader_write(now, waiter, request, out);
+            }
+        }
+    }
+
+    /// A write reaches the leader: refuse it without a quorum, queue it while
+    /// recovering or while the in-flight window is full, else propose it.
+    pub(super) fn leader_write(
+        &mut self,
+        now: Millis,
+        waiter: Waiter,
+        request: Request,
+        out: &mut Vec<Output>,
+    ) {
+        if self.lacks_write_quorum(now) {
+            let err = self.no_quorum(now);
+            self.answer(waiter, Reply::Error(err), out);
+            return;
+        }
+        let deadline = now.plus(self.cfg.request_timeout_ms);
+        let serving = self.is_serving_leader();
+        let l = self.leadership_mut();
+        if !serving || l.tallies.len() >= INFLIGHT_ENTRIES_MAX || !l.queued.is_empty() {
+            l.queued.push_back(QueuedWrite { waiter, request, deadline });
+            return;
+        }
+        self.propose_write(now, waiter, request, deadline);
+    }
+
+    fn propose_write(&mut self, now: Millis, waiter: Waiter, request: Request, deadline: Millis) {
+        let command = match request {
+            Request::Put { key, value } => Command::Put { key, value },
+            Request::Del { key } => Command::Del { key },
+            Request::Cas { key, version, value } => Command::Cas { key, version, value },
+            other => panic!("propose_write of a non-write {other:?}"),
+        };
+        let epoch = self.promise;
+        let index = self.last_index().next();
+        self.propose_at(now, index, Entry { id: EntryId { epoch, index }, ballot: epoch, command });
+        self.leadership_mut().waiters.insert(index, (waiter, deadline));
+    }
+
+    /// Puts `entry` in our log at `index` and queues its ACCEPT for the next flush.
+    pub(super) fn propose_at(&mut self, now: Millis, index: LogIndex, entry: Entry) {
+        assert!(index > self.commit, "proposing at committed slot {index}");
+        assert_eq!(entry.ballot, self.promise, "proposing outside our epoch");
+        self.log.insert(index, entry);
+        let l = self.leadership_mut();
+        l.tallies.insert(index, Tally { voters: Default::default(), sent_at: now });
+        l.unsent.push(index);
+    }
+
+    /// Leader: persists the batch of new entries, counts our own vote (only
+    /// now, after the Persist, so no OK can precede our own fsync), sends ACCEPT.
+    pub(super) fn flush_proposals(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let me = self.cfg.id;
+        let commit = self.is_serving_leader().then_some(self.commit);
+        let Role::Leader(l) = &mut self.role else { return };
+        if l.unsent.is_empty() {
+            if l.heartbeat_now {
+                self.send_heartbeat(now, out);
+            }
+            return;
+        }
+        let unsent = std::mem::take(&mut l.unsent);
+        let epoch = l.epoch;
+        let entries: Vec<(LogIndex, Entry)> =
+            unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
+        out.push(Output::Persist(Persist::Accept(entries.clone())));
+        for index in &unsent {
+            if let Some(t) = l.tallies.get_mut(index) {
+                t.voters.insert(me);
+            }
+        }
+        let others = self.others();
+        for chunk in entries.chunks(BATCH_ENTRIES_MAX) {
+            let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit };
+            self.send(others.clone(), msg, out);
+        }
+        for index in unsent {
+            self.maybe_choose(index);
+        }
+        self.advance_commit(now, out);
+        if let Role::Leader(l) = &mut self.role {
+            if l.heartbeat_now {
+                self.send_heartbeat(now, out);
+            }
+        }
+    }
+
+    /// Marks `index` chosen when its tally reached NW.
+    fn maybe_choose(&mut self, index: LogIndex) {
+        let nw = self.cfg.write_quorum;
+        let Role::Leader(l) = &mut self.role else { return };
+        if l.tallies.get(&index).is_some_and(|t| t.voters.len() >= nw) {
+            l.tallies.remove(&index);
+            let id = self.log[&index].id;
+            self.chosen.insert(index, id);
+        }
+    }
+
+    pub(super) fn flush_votes(&mut self, out: &mut Vec<Output>) {
+        let votes = std::mem::take(&mut self.pending_votes);
+        for ((leader, epoch), accepted) in votes {
+            let msg = PeerMsg::Vote { epoch, accepted, promised: self.promise };
+            self.send(vec![leader], msg, out);
+        }
+    }
+
+    /// Leader: one COMMIT naming every slot committed since the last flush.
+    /// Everyone: record the commit index (no fsync needed; recovery rebuilds it).
+    pub(super) fn flush_commits(&mut self, out: &mut Vec<Output>) {
+        if let Role::Leader(l) = &mut self.role {
+            if !l.commit_notice.is_empty() {
+                let slots = std::mem::take(&mut l.commit_notice);
+                let epoch = l.epoch;
+                let others = self.others();
+                for chunk in slots.chunks(4 * BATCH_ENTRIES_MAX) {
+                    self.send(
+                        others.clone(),
+                        PeerMsg::Commit { epoch, slots: chunk.to_vec() },
+                        out,
+                    );
+                }
+            }
+        }
+        if self.commit > self.commit_persisted {
+            self.commit_persisted = self.commit;
+            out.push(Output::Persist(Persist::Commit(self.commit)));
+        }
+    }
+
+    /// A replica stores the leader's entries (DESIGN §4.2) and votes at the next flush.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_accept(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        inc: Incarnation,
+        epoch: Epoch,
+        entries: Vec<(LogIndex, Entry)>,
+        commit: Option<LogIndex>,
+        out: &mut Vec<Output>,
+    ) {
+        if self.learner || self.owner(epoch) != from {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        let other_leader = epoch == self.promise && self.promise_leader.is_some_and(|l| l != inc);
+        if epoch < self.promise || other_leader {
+            let msg = PeerMsg::Vote { epoch, accepted: Vec::new(), promised: self.promise };
+            self.send(vec![from], msg, out);
+            return;
+        }
+        if epoch > self.promise || self.promise_leader.is_none() {
+            self.persist_promise(epoch, Some(inc), out);
+        }
+        if !matches!(self.role, Role::Follower) {
+            self.step_down(now, out);
+        }
+        self.follow(now, from, epoch, out);
+        let mut stored = Vec::new();
+        let mut accepted = Vec::new();
+        for (index, entry) in entries {
+            if entry.ballot != epoch {
+                self.stats.dropped_messages += 1;
+                continue;
+            }
+            if index <= self.commit {
+                let held = self.log.get(&index).map(|e| e.id);
+                assert_eq!(held, Some(entry.id), "chosen slot {index} would change its entry id");
+                accepted.push(index);
+                continue;
+            }
+            if self.log.get(&index) != Some(&entry) {
+                self.log.insert(index, entry.clone());
+                stored.push((index, entry));
+            }
+            accepted.push(index);
+        }
+        if !stored.is_empty() {
+            out.push(Output::Persist(Persist::Accept(stored)));
+        }
+        self.pending_votes.entry((from, epoch)).or_default().extend(accepted);
+        if let Some(c) = commit {
+            self.learn_commit(now, from, epoch, c, out);
+        }
+    }
+
+    pub(super) fn on_vote(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        accepted: Vec<LogIndex>,
+        out: &mut Vec<Output>,
+    ) {
+        let Role::Leader(l) = &mut self.role else { return };
+        if l.epoch != epoch || accepted.is_empty() {
+            return;
+        }
+        l.last_ack.insert(from, now);
+        for index in &accepted {
+            if let Some(t) = l.tallies.get_mut(index) {
+                t.voters.insert(from);
+            }
+        }
+        for index in accepted {
+            self.maybe_choose(index);
+        }
+        self.advance_commit(now, out);
+    }
+
+    pub(super) fn on_commit(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        slots: Vec<(LogIndex, EntryId)>,
+        out: &mut Vec<Output>,
+    ) {
+        if matches!(self.role, Role::Leader(_)) {
+            return;
+        }
+        for (index, id) in slots {
+            if index > self.commit {
+                self.chosen.insert(index, id);
+            }
+        }
+        self.advance_commit(now, out);
+        if self.leader == Some((from, epoch)) {
+            self.reset_election_deadline(now);
+            if self.chosen.contains_key(&self.commit.next()) {
+                self.request_fetch(now, from, out);
+            }
+        }
+    }
+
+    /// A follower learns the leader's commit index `c` (heartbeat or ACCEPT):
+    /// slots up to `c` holding an entry of the leader's own ballot are chosen
+    /// (it proposed one entry per slot); any other slot is fetched.
+    pub(super) fn learn_commit(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        c: LogIndex,
+        out: &mut Vec<Output>,
+    ) {
+        self.catchup_to = self.catchup_to.max(c);
+        if c <= self.commit {
+            return;
+        }
+        let known: Vec<(LogIndex, EntryId)> = self
+            .log
+            .range(self.commit.next()..=c)
+            .filter(|(i, e)| e.ballot == epoch && !self.chosen.contains_key(i))
+            .map(|(i, e)| (*i, e.id))
+            .collect();
+        self.chosen.extend(known);
+        self.advance_commit(now, out);
+        if self.commit < c {
+            self.request_fetch(now, from, out);
+        }
+    }
+
+    /// Commits chosen slots strictly in order while we hold their chosen entry.
+    pub(super) fn advance_commit(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let before = self.commit;
+        loop {
+            let next = self.commit.next();
+            let Some(id) = self.chosen.get(&next) else { break };
+            if self.log.get(&next).map(|e| e.id) != Some(*id) {
+                break;
+            }
+            self.chosen.remove(&next);
+            self.commit = next;
+        }
+        if self.commit > before {
+            self.apply_committed(out);
+            if let Role::Leader(l) = &mut self.role {
+                l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
+            }
+            self.maybe_finish_recovery(now, out);
+            self.check_read_index(out);
+        }
+    }
+
+    /// Applies committed slots in order and answers their waiters (leader).
+    pub(super) fn apply_committed(&mut self, out: &mut Vec<Output>) {
+        while self.applied < self.commit {
+            let index = self.applied.next();
+            let entry = self.log.get(&index).expect("committed slots are held").clone();
+            let outcome = self.apply(index, &entry.command);
+            self.applied = index;
+            if let Role::Leader(l) = &mut self.role {
+                l.commit_notice.push((index, entry.id));
+                if let Some((waiter, _)) = l.waiters.remove(&index) {
+                    let answer = outcome.unwrap_or(Reply::Written(index.0));
+                    self.answer(waiter, answer, out);
+                }
+            }
+        }
+    }
+
+    /// Applies one command to the store; returns the client's answer.
+    fn apply(&mut self, index: LogIndex, command: &Command) -> Option<Reply> {
+        match command {
+            Command::Noop => None,
+            Command::Put { key, value } => {
+                self.store.insert(key.clone(), (index.0, value.clone()));
+                Some(Reply::Written(index.0))
+            }
+            Command::Del { key } => {
+                self.store.remove(key);
+                Some(Reply::Written(index.0))
+            }
+            Command::Cas { key, version, value } => {
+                let current = self.store.get(key).map(|(v, _)| *v).unwrap_or(0);
+                if current == *version {
+                    self.store.insert(key.clone(), (index.0, value.clone()));
+                    Some(Reply::Written(index.0))
+                } else {
+                    Some(Reply::Error(ClientError::Conflict(current)))
+                }
+            }
+        }
+    }
+
+    /// Sends a leader's answer to whoever waits for it.
+    pub(super) fn answer(&mut self, waiter: Waiter, answer: Reply, out: &mut Vec<Output>) {
+        match waiter {
+            Waiter::Local(req) => reply(out, req, answer),
+            Waiter::Remote { from, boot, req } => {
+                if let Role::Leader(l) = &mut self.role {
+                    if let Some(d) = l.dedup.get_mut(&(from, boot, req.0)) {
+                        *d = Dedup::Done(answer.clone(), self.now);
+                    }
+                }
+                self.send(vec![from], PeerMsg::ForwardReply { req, reply: answer }, out);
+            }
+        }
+    }
+
+    /// Asks `from` for committed entries past our commit index, one request at a time.
+    pub(super) fn request_fetch(&mut self, now: Millis, from: ReplicaId, out: &mut Vec<Output>) {
+        if self.fetch.is_some_and(|(_, deadline)| now < deadline) {
+            return;
+        }
+        self.fetch = Some((from, now.plus(self.cfg.election_timeout_ms)));
+        self.send(vec![from], PeerMsg::FetchReq { from: self.commit.next() }, out);
+    }
+
+    pub(super) fn on_fetch_req(&mut self, from: ReplicaId, index: LogIndex, out: &mut Vec<Output>) {
+        let entries: Vec<(LogIndex, Entry)> = if index <= self.commit && index.0 > 0 {
+            self.log
+                .range(index..=self.commit)
+                .take(BATCH_ENTRIES_MAX)
+                .map(|(i, e)| (*i, e.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.send(vec![from], PeerMsg::FetchResp { entries, commit: self.commit }, out);
+    }
+
+    pub(super) fn on_fetch_resp(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        entries: Vec<(LogIndex, Entry)>,
+        their_commit: LogIndex,
+        out: &mut Vec<Output>,
+    ) {
+        if self.fetch.is_some_and(|(id, _)| id == from) {
+            self.fetch = None;
+        }
+        let got = !entries.is_empty();
+        self.stats.caught_up_entries += entries.len() as u64;
+        self.install_chosen(now, entries, out);
+        let target = match &self.role {
+            Role::Leader(l) => l.recovering_to,
+            _ => Some(self.catchup_to),
+        };
+        if got && target.is_some_and(|t| self.commit < t.min(their_commit)) {
+            self.request_fetch(now, from, out);
+        }
+    }
+
+    /// Installs committed entries (from a promise or a fetch): each replaces
+    /// whatever the slot held and is known chosen.
+    pub(super) fn install_chosen(
+        &mut self,
+        now: Millis,
+        mut entries: Vec<(LogIndex, Entry)>,
+        out: &mut Vec<Output>,
+    ) {
+        entries.sort_by_key(|(i, _)| *i);
+        let mut stored = Vec::new();
+        for (index, entry) in entries {
+            if index <= self.commit {
+                continue;
+            }
+            self.chosen.insert(index, entry.id);
+            if self.log.get(&index).map(|e| e.id) != Some(entry.id) {
+                self.log.insert(index, entry.clone());
+                stored.push((index, entry));
+            }
+        }
+        if !stored.is_empty() {
+            out.push(Output::Persist(Persist::Accept(stored)));
+        }
+        self.advance_commit(now, out);
+    }
+
+    /// While a recovering leader fetches chosen entries: once it holds them all,
+    /// finish recovery.
+    fn maybe_finish_recovery(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let Role::Leader(l) = &mut self.role else { return };
+        let Some(target) = l.recovering_to else { return };
+        if self.commit < target {
+            return;
+        }
+        let promises = std::mem::take(&mut l.promises);
+        self.finish_recovery(now, promises, out);
+    }
+
+    /// The commit index a catching-up replica is working towards, while behind.
+    pub(super) fn catchup_target(&self) -> Option<LogIndex> {
+        let target = match &self.role {
+            Role::Leader(l) => l.recovering_to?,
+            _ => self.catchup_to,
+        };
+        (target > self.commit).then_some(target)
+    }
+
+    /// Heartbeats: liveness, the leader's progress, and re-sends (DESIGN §4.4).
+    pub(super) fn send_heartbeat(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let progress = self.is_serving_leader().then(|| (self.commit, self.last_index()));
+        let heartbeat_ms = self.cfg.heartbeat_ms;
+        let others = self.others();
+        let Role::Leader(l) = &mut self.role else { return };
+        l.hb_seq += 1;
+        l.heartbeat_now = false;
+        l.next_heartbeat = now.plus(heartbeat_ms);
+        let msg = PeerMsg::Heartbeat { epoch: l.epoch, seq: l.hb_seq, progress };
+        self.send(others, msg, out);
+        self.resend_accepts(now, out);
+    }
+
+    /// A heartbeat to a few peers, without starting a new round.
+    pub(super) fn send_heartbeat_to(&mut self, to: Vec<ReplicaId>, out: &mut Vec<Output>) {
+        let progress = self.is_serving_leader().then(|| (self.commit, self.last_index()));
+        let Role::Leader(l) = &self.role else { return };
+        let msg = PeerMsg::Heartbeat { epoch: l.epoch, seq: l.hb_seq, progress };
+        self.send(to, msg, out);
+    }
+
+    /// Re-sends ACCEPT for slots not chosen after a heartbeat interval, to the
+    /// replicas that have not voted for them: one lost message never stalls the log.
+    fn resend_accepts(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let heartbeat_ms = self.cfg.heartbeat_ms;
+        let others = self.others();
+        let commit = self.is_serving_leader().then_some(self.commit);
+        let Role::Leader(l) = &mut self.role else { return };
+        let epoch = l.epoch;
+        let mut per_peer: Vec<(ReplicaId, Vec<(LogIndex, Entry)>)> =
+            others.iter().map(|id| (*id, Vec::new())).collect();
+        for (index, tally) in l.tallies.iter_mut() {
+            if now.since(tally.sent_at) < heartbeat_ms || l.unsent.contains(index) {
+                continue;
+            }
+            tally.sent_at = now;
+            for (peer, batch) in per_peer.iter_mut() {
+                if !tally.voters.contains(peer) && batch.len() < BATCH_ENTRIES_MAX {
+                    batch.push((*index, self.log[index].clone()));
+                }
+            }
+        }
+        for (peer, batch) in per_peer {
+            if !batch.is_empty() {
+                self.send(vec![peer], PeerMsg::Accept { epoch, entries: batch, commit }, out);
+            }
+        }
+    }
+
+    pub(super) fn on_heartbeat(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        seq: u64,
+        progress: Option<(LogIndex, LogIndex)>,
+        out: &mut Vec<Output>,
+    ) {
+        if self.owner(epoch) != from || self.learner {
+            self.stats.dropped_messages += 1;
+            return;
+        }
+        let ack = PeerMsg::HeartbeatAck { epoch, seq, commit: self.commit };
+        self.send(vec![from], ack, out);
+        if epoch < self.promise {
+            // Our envelope names the higher epoch: the old leader steps down.
+            return;
+        }
+        if !matches!(self.role, Role::Follower) {
+            self.step_down(now, out);
+        }
+        self.follow(now, from, epoch, out);
+        if let Some((c, last)) = progress {
+            self.drop_stale_above(epoch, last, out);
+            self.learn_commit(now, from, epoch, c, out);
+        }
+    }
+
+    /// DESIGN §4.3: entries of older ballots above a recovered leader's last
+    /// index were held by no recovery promiser, so none can have been chosen.
+    fn drop_stale_above(&mut self, epoch: Epoch, last: LogIndex, out: &mut Vec<Output>) {
+        let floor = last.max(self.commit);
+        let stale: Vec<LogIndex> = self
+            .log
+            .range(floor.next()..)
+            .filter(|(_, e)| e.ballot < epoch)
+            .map(|(i, _)| *i)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        for index in &stale {
+            self.log.remove(index);
+            self.chosen.remove(index);
+        }
+        out.push(Output::Persist(Persist::Drop(stale)));
+    }
+
+    pub(super) fn on_heartbeat_ack(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        seq: u64,
+        commit: LogIndex,
+        out: &mut Vec<Output>,
+    ) {
+        let Role::Leader(l) = &mut self.role else { return };
+        if l.epoch != epoch {
+            return;
+        }
+        l.last_ack.insert(from, now);
+        let acked = l.acked_seq.entry(from).or_insert(0);
+        *acked = (*acked).max(seq);
+        l.peer_commit.insert(from, commit);
+        self.check_read_index(out);
+    }
+
+    /// Deadlines of the write path: forwards, writes waiting for a leader,
+    /// queued and proposed writes, catch-up fetches, the de-duplication table.
+    pub(super) fn tick_replication(&mut self, now: Millis, out: &mut Vec<Output>) {
+        self.expire_awaiting(now, out);
+        self.tick_forwards(now, out);
+        if self.fetch.is_some_and(|(_, deadline)| now >= deadline) {
+            self.fetch = None;
+        }
+        if matches!(self.role, Role::Leader(_)) {
+            self.tick_leader_writes(now, out);
+        }
+    }
+
+    fn expire_awaiting(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let waiting = std::mem::take(&mut self.awaiting_leader);
+        for (req, request, deadline) in waiting {
+            if now >= deadline {
+                let detail = match self.stats.last_election {
+                    Some((start, None)) => {
+                        format!("election in progress for {}ms", now.since(start))
+                    }
+                    _ => format!("no leader known within {}ms", self.cfg.request_timeout_ms),
+                };
+                reply(out, req, Reply::Error(ClientError::NoLeader(detail)));
+            } else {
+                self.awaiting_leader.push((req, request, deadline));
+            }
+        }
+    }
+
+    fn tick_forwards(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let ids: Vec<u64> = self.forwards.keys().copied().collect();
+        for id in ids {
+            let f = &self.forwards[&id];
+            if now >= f.deadline {
+                let f = self.forwards.remove(&id).expect("listed");
+                let detail = format!(
+                    "no answer from leader {} within {}ms; the write may or may not have committed",
+                    f.to, self.cfg.request_timeout_ms
+                );
+                self.finish_forward(f.origin, Reply::Error(ClientError::Timeout(detail)), out);
+            } else if now >= f.resend_at {
+                // Same request id, same epoch: the leader de-duplicates it.
+                let msg = PeerMsg::Forward {
+                    req: ReqId(id),
+                    boot: self.boot,
+                    epoch: f.epoch,
+                    request: f.request.clone(),
+                };
+                let to = f.to;
+                let resend_at = now.plus(self.forward_resend_ms());
+                self.forwards.get_mut(&id).expect("listed").resend_at = resend_at;
+                self.send(vec![to], msg, out);
+            }
+        }
+    }
+
+    fn tick_leader_writes(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let serving = self.is_serving_leader();
+        let request_timeout_ms = self.cfg.request_timeout_ms;
+        let l = self.leadership_mut();
+        let expired: Vec<LogIndex> =
+            l.waiters.iter().filter(|(_, (_, d))| now >= *d).map(|(i, _)| *i).collect();
+        let mut answers = Vec::new();
+        for index in expired {
+            let (waiter, _) = l.waiters.remove(&index).expect("listed");
+            let detail = format!(
+                "slot {index} not chosen within {request_timeout_ms}ms; the write may or may not commit"
+            );
+            answers.push((waiter, Reply::Error(ClientError::Timeout(detail))));
+        }
+        let mut keep = std::collections::VecDeque::new();
+        let mut ready = Vec::new();
+        while let Some(q) = l.queued.pop_front() {
+            if now >= q.deadline {
+                let detail = format!("write not proposed within {request_timeout_ms}ms");
+                answers.push((q.waiter, Reply::Error(ClientError::NoLeader(detail))));
+            } else if serving
+                && l.tallies.len() + ready.len() < INFLIGHT_ENTRIES_MAX
+                && keep.is_empty()
+            {
+                ready.push(q);
+            } else {
+                keep.push_back(q);
+            }
+        }
+        l.queued = keep;
+        let horizon = 2 * request_timeout_ms;
+        l.dedup.retain(|_, d| match d {
+            Dedup::Pending => true,
+            Dedup::Done(_, at) => now.since(*at) <= horizon,
+        });
+        for (waiter, answer) in answers {
+            self.answer(waiter, answer, out);
+        }
+        for q in ready {
+            self.propose_write(now, q.waiter, q.request, q.deadline);
+        }
+    }
+}
