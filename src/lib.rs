@@ -7,5 +7,6 @@ pub mod config;
 pub mod exec;
 pub mod log;
 pub mod protocol;
+pub mod server;
 pub mod storage;
 pub mod transport;

@@ -1,0 +1,269 @@
+//! The event loop (DESIGN §1): one thread owns the [`Replica`] and the
+//! storage; transport threads feed it [`Event`]s over one bounded crossbeam
+//! channel, and a ticker drives its timers. Each turn of the loop takes one
+//! event (or tick), drains whatever else is already queued (up to
+//! [`EVENTS_BATCH_MAX`]), steps the replica through all of them, flushes the
+//! batch, and hands the outputs to the executor: one fsync for the batch,
+//! then every send and reply.
+//!
+//! Client connections register a reply channel; the loop maps each client
+//! request to a [`ReqId`] and routes the protocol's reply back to the
+//! connection, tagged with the connection's sequence number so the writer
+//! answers in request order.
+
+use crate::client::{ClientError, Reply, Request};
+use crate::config::Config;
+use crate::exec::{self, Network};
+use crate::protocol::message::Envelope;
+use crate::protocol::types::{Millis, ReplicaId, ReqId};
+use crate::protocol::{self, Input, Output, Replica};
+use crate::storage::wal::DiskStorage;
+use crate::transport::{self, ConnId, Event, PeerSenders, TransportConfig};
+use crate::{qlog, wire};
+use crossbeam_channel::{select, Sender};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Events queued between transport threads and the loop. Readers block when
+/// it is full, which slows clients down instead of growing memory.
+pub const EVENTS_QUEUE_MAX: usize = 16_384;
+/// Events handled in one turn before the batch is flushed and synced.
+pub const EVENTS_BATCH_MAX: usize = 1024;
+/// Frames queued per peer writer; beyond it frames are dropped (the protocol
+/// re-sends what matters).
+pub const PEER_QUEUE_MAX: usize = 4096;
+
+/// Runs a replica until a fatal error. Returns the error's message.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let started = Instant::now();
+    let (storage, durable) = DiskStorage::open(&cfg.data_dir, cfg.fsync)
+        .map_err(|e| format!("cannot open data directory {}: {e}", cfg.data_dir.display()))?;
+    let recovered_commit = durable.commit;
+    let entries = durable.log.len();
+    let seed = cfg.seed.unwrap_or_else(rand::random);
+    let boot: u64 = rand::random();
+    let pcfg = protocol::Config {
+        id: cfg.id,
+        n: cfg.peers.len(),
+        write_quorum: cfg.write_quorum,
+        read_quorum: cfg.read_quorum,
+        heartbeat_ms: cfg.heartbeat_ms,
+        election_timeout_ms: cfg.election_timeout_ms,
+        request_timeout_ms: cfg.request_timeout_ms,
+    };
+    let replica = Replica::new(pcfg, durable, seed, boot);
+    qlog!(
+        "recovered {} (commit index {recovered_commit}, {entries} log entries) in {}ms; seed {seed}",
+        cfg.data_dir.display(),
+        started.elapsed().as_millis()
+    );
+    let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
+    let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
+    let tcfg = transport_config(&cfg, cluster_id.clone());
+    let listen = tcfg.listen.clone();
+    let peers = transport::start(tcfg, events_tx)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    qlog!("listening on {listen} ({} replicas, NW={}, NR={})", cfg.peers.len(), cfg.write_quorum, cfg.read_quorum);
+    let mut event_loop = EventLoop {
+        replica,
+        storage,
+        net: ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() },
+        clock: Instant::now(),
+        next_req: 1,
+        cluster_id,
+        out: Vec::new(),
+    };
+    let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
+    let ticker = crossbeam_channel::tick(Duration::from_millis(tick_ms));
+    event_loop.start()?;
+    loop {
+        select! {
+            recv(events_rx) -> event => {
+                let event = event.expect("transport threads hold the events sender for the process lifetime");
+                event_loop.handle(event);
+            }
+            recv(ticker) -> _ => event_loop.tick(),
+        }
+        for _ in 1..EVENTS_BATCH_MAX {
+            match events_rx.try_recv() {
+                Ok(event) => event_loop.handle(event),
+                Err(_) => break,
+            }
+        }
+        event_loop.finish_batch()?;
+    }
+}
+
+fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig {
+    let mut dial = BTreeMap::new();
+    for (i, addr) in cfg.peers.iter().enumerate() {
+        let id = ReplicaId(i as u8 + 1);
+        if id != cfg.id {
+            dial.insert(id, cfg.peer_dial.get(&id).cloned().unwrap_or_else(|| addr.clone()));
+        }
+    }
+    TransportConfig {
+        id: cfg.id,
+        listen: cfg.peers[cfg.id.0 as usize - 1].clone(),
+        peers: cfg.peers.clone(),
+        dial,
+        cluster_id,
+        limits: cfg.limits,
+        clients_max: cfg.clients_max,
+        idle_timeout_ms: cfg.idle_timeout_ms,
+        help_lines: help_lines(cfg),
+        peer_queue_max: PEER_QUEUE_MAX,
+    }
+}
+
+/// The HELP reply: commands, limits and quorum sizes.
+pub fn help_lines(cfg: &Config) -> Vec<String> {
+    let n = cfg.peers.len();
+    vec![
+        "PUT key value            -> OK <version>   (alias: add_update key value)".into(),
+        "GET key                  -> VALUE <value> | NOTFOUND   (alias: read key)".into(),
+        "DEL key                  -> OK <index>".into(),
+        "STATUS                   -> STATUS id=.. role=.. leader=.. epoch=.. commit=.. applied=..".into(),
+        "HELP                     -> this text, then END".into(),
+        "QUIT                     -> BYE, then the connection closes".into(),
+        format!(
+            "limits: line {} bytes (--max-line-bytes), key {} bytes (--max-key-bytes), value {} bytes (--max-value-bytes), {} clients (--max-clients)",
+            cfg.limits.line_bytes_max, cfg.limits.key_bytes_max, cfg.limits.value_bytes_max, cfg.clients_max
+        ),
+        format!(
+            "quorums: N={n} NW={} NR={} (a write needs {} votes; a read asks {} replicas)",
+            cfg.write_quorum, cfg.read_quorum, cfg.write_quorum, cfg.read_quorum
+        ),
+        format!(
+            "timeouts: heartbeat {}ms, election {}ms, request {}ms; fsync {:?}",
+            cfg.heartbeat_ms, cfg.election_timeout_ms, cfg.request_timeout_ms, cfg.fsync
+        ),
+    ]
+}
+
+/// The loop's state: the replica, its storage, and where replies go.
+struct EventLoop {
+    replica: Replica,
+    storage: DiskStorage,
+    net: ServerNet,
+    clock: Instant,
+    next_req: u64,
+    cluster_id: Arc<AtomicU64>,
+    out: Vec<Output>,
+}
+
+impl EventLoop {
+    fn now(&self) -> Millis {
+        Millis(self.clock.elapsed().as_millis() as u64)
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let now = self.now();
+        self.replica.start(now, &mut self.out);
+        self.finish_batch()
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        self.replica.step(now, Input::Tick, &mut self.out);
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = self.now();
+        match event {
+            Event::Peer(env) => self.replica.step(now, Input::Peer(env), &mut self.out),
+            Event::LinkUp(id) => self.replica.step(now, Input::LinkUp(id), &mut self.out),
+            Event::LinkDown(id) => self.replica.step(now, Input::LinkDown(id), &mut self.out),
+            Event::ClientOpen { conn, reply_tx } => {
+                self.net.clients.insert(conn, reply_tx);
+            }
+            Event::ClientClosed { conn } => {
+                self.net.clients.remove(&conn);
+            }
+            Event::Client { conn, seq, request } => self.on_client(now, conn, seq, request),
+        }
+    }
+
+    fn on_client(&mut self, now: Millis, conn: ConnId, seq: u64, request: Request) {
+        let local = match &request {
+            Request::Status => Some(Reply::Status(self.replica.status(now))),
+            Request::Metrics => Some(Reply::Lines(self.metrics_lines())),
+            Request::Help | Request::Quit => {
+                Some(Reply::Error(ClientError::BadCmd("answered by the connection".into())))
+            }
+            _ => None,
+        };
+        if let Some(reply) = local {
+            self.net.send_reply(conn, seq, reply);
+            return;
+        }
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.net.pending.insert(req, (conn, seq));
+        self.replica.step(now, Input::Client { req, request }, &mut self.out);
+    }
+
+    fn metrics_lines(&self) -> Vec<String> {
+        let s = &self.replica.stats;
+        vec![
+            format!("quorumkv_commit_index {}", self.replica.commit_index()),
+            format!("quorumkv_epoch {}", self.replica.epoch()),
+            format!("quorumkv_elections_total {}", s.elections_started),
+            format!("quorumkv_read_retries_total {}", s.read_retries),
+            format!("quorumkv_read_fallbacks_total {}", s.read_fallbacks),
+            format!("quorumkv_peer_frames_dropped_total {}", self.net.peers.dropped()),
+        ]
+    }
+
+    /// Flushes the batch, runs its outputs (one fsync), refreshes the log prefix.
+    fn finish_batch(&mut self) -> Result<(), String> {
+        let now = self.now();
+        self.replica.flush(now, &mut self.out);
+        exec::execute(&mut self.out, &mut self.storage, &mut self.net)
+            .map_err(|e| format!("storage failed, stopping: {e}"))?;
+        crate::log::set_prefix(format!(
+            "r{} e{} {}",
+            self.replica.id(),
+            self.replica.epoch(),
+            self.replica.role_name()
+        ));
+        if let Some(id) = self.replica.cluster_id().filter(|_| self.replica.is_formed()) {
+            self.cluster_id.store(id, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The server's side of the executor: peer writers and client reply channels.
+struct ServerNet {
+    peers: PeerSenders,
+    clients: BTreeMap<ConnId, Sender<(u64, Reply)>>,
+    /// Client requests waiting for the protocol's reply.
+    pending: BTreeMap<ReqId, (ConnId, u64)>,
+}
+
+impl ServerNet {
+    fn send_reply(&mut self, conn: ConnId, seq: u64, reply: Reply) {
+        if let Some(tx) = self.clients.get(&conn) {
+            // A closed connection just loses its reply.
+            let _ = tx.send((seq, reply));
+        }
+    }
+}
+
+impl Network for ServerNet {
+    fn send(&mut self, to: &[ReplicaId], env: &Envelope) {
+        let frame = Arc::new(wire::encode(env));
+        for id in to {
+            self.peers.send(*id, frame.clone());
+        }
+    }
+
+    fn reply(&mut self, req: ReqId, reply: Reply) {
+        if let Some((conn, seq)) = self.pending.remove(&req) {
+            self.send_reply(conn, seq, reply);
+        }
+    }
+}
