@@ -11,60 +11,75 @@
 //!
 //! # File format
 //! ```text
-//! header:  "QKVWAL\0\0" (8 bytes) | format version (u32 LE, now 1)
+//! header:  "QKVWAL\0\0" (8 bytes) | format version (u32 LE, now 2)
 //! record:  payload length (u32 LE) | CRC-32 of payload (u32 LE) | payload
 //! ```
-//! A payload is the JSON of one [`Persist`] op, 1 to [`RECORD_BYTES_MAX`] bytes.
-//! Replay applies the ops in file order through [`Durable::apply`], so the file
-//! format never needs to know what an op means. A header with a newer version
-//! is refused with [`Error::NewerFormat`]; bad magic is [`Error::Corrupt`] at
-//! offset 0.
+//! A payload is 1 to [`RECORD_BYTES_MAX`] bytes of JSON: the array of the
+//! [`Persist`] ops of one sync batch, in order and never empty. Replay applies
+//! the ops in file order through [`Durable::apply`], so the file format never
+//! needs to know what an op means. A header with a newer version is refused
+//! with [`Error::NewerFormat`]; bad magic is [`Error::Corrupt`] at offset 0.
+//!
+//! Version 1 wrote one record per op, its payload the JSON object of that op.
+//! Such a log is still read: after replaying it, open rewrites the version
+//! field in place to 2 before anything is appended (only one byte changes, so
+//! the rewrite cannot tear). The old records stay, so replay accepts both
+//! payload shapes, an array (a batch) or an object (one op), in any file.
+//!
+//! # One record per sync
+//! [`Storage::persist`] only encodes the op into memory. [`Storage::sync`]
+//! writes every op buffered since the previous sync as one record, with one
+//! `write_all`, then under [`FsyncPolicy::Always`] calls `fdatasync`. The
+//! executor writes batch k+1 only after the fsync of batch k has returned, so
+//! under `--fsync always` a power cut can damage the last record only: every
+//! earlier one was durable before the next was written. The last record's ops
+//! were never acknowledged (its sync had not returned), and because the batch
+//! is one checksummed record, replay keeps all of it or none of it.
+//!
+//! The only batches split into several records are those whose payload would
+//! pass `RECORD_BYTES_MAX` (256 MiB between two syncs: rare). Each of their
+//! records is written and fsynced before the next, so still only the last
+//! record can be torn; a power cut may then keep a prefix of the batch, as if
+//! the process had stopped while handing it to storage. One op that does not
+//! fit in a record on its own is refused by `persist`.
 //!
 //! # Torn tails and corruption
-//! A crash in the middle of an append leaves the last record short or full of
-//! garbage. That record was never synced, so nothing was acknowledged on its
-//! strength and it can go. A damaged record in the middle of the log is
-//! another matter: the records after it may hold votes or promises that other
-//! replicas count on, so replay must stop rather than quietly drop them.
 //! When replay meets a record at byte offset X that it cannot read:
-//! - If the checksum matches but the payload is not a `Persist`, the bytes are
+//! - If the checksum matches but the payload is no batch of ops, the bytes are
 //!   exactly what some writer wrote: that is never a torn write, so it is
 //!   `Corrupt` at X.
 //! - Otherwise (header cut short, length 0, above `RECORD_BYTES_MAX` or past
 //!   the end of the file, or a checksum mismatch), replay looks at every byte
 //!   offset after X for a frame whose length fits and whose checksum matches.
-//!   If there is one, the damage is in the middle: `Corrupt` at X, naming the
-//!   offset of the valid frame. If there is none, X starts a torn tail: the
-//!   file is cut at X with a warning naming the file and offset, and the
-//!   replica carries on.
+//!   If there is one, X is not the last record, and only the last record can
+//!   be torn: `Corrupt` at X, naming the offset of the valid frame. If there
+//!   is none, X starts a torn tail: the file is cut at X with a warning naming
+//!   the file and offset, and the replica carries on.
 //!
-//! serde_json escapes every byte below 0x20, so any four bytes inside a JSON
-//! payload read as a length of at least 0x2000_0000, above `RECORD_BYTES_MAX`:
-//! the scan cannot mistake payload text for a record header. A file shorter
-//! than the header that is a prefix of the header is a torn first boot and is
-//! started afresh.
+//! The scan is what tells a damaged middle record from a torn tail when the
+//! damage hits a length field: a flipped high bit makes the record seem to
+//! run past the end of the file, exactly like a torn one. serde_json escapes
+//! every byte below 0x20, so any four bytes inside a JSON payload read as a
+//! length of at least 0x2000_0000, above `RECORD_BYTES_MAX`: the scan cannot
+//! mistake payload text for a record header. A file shorter than the header
+//! that is a prefix of the header is a torn first boot and is started afresh.
+//!
+//! Under [`FsyncPolicy::Never`] the format is the same, and `sync` only hands
+//! the record to the OS. That survives a process crash (a torn last record at
+//! worst) but not a power cut: the kernel writes dirty pages back in any
+//! order, so a power cut can damage records that are not last, and replay
+//! then refuses to start.
 //!
 //! # Writes and fsync
-//! [`Storage::persist`] appends a record to a buffer in memory (handed to the
-//! OS once it passes `BUFFER_BYTES_MAX`). [`Storage::sync`] writes the buffer
-//! and, under [`FsyncPolicy::Always`], calls `fdatasync`; the first sync after
-//! the file (or the directory) was created also fsyncs the directory (and its
-//! parent), so the file's name survives a power cut as well as its bytes.
-//! Under [`FsyncPolicy::Never`], sync only hands the bytes to the OS: that
-//! survives a process crash but not a power cut.
+//! The first sync after the file (or the directory) was created also fsyncs
+//! the directory (and its parent), so the file's name survives a power cut as
+//! well as its bytes. Memory holds the current batch only.
 //!
 //! A failed write or fsync poisons the storage: every later call returns an
 //! error and the replica stops. A failed fsync is never retried, because the
 //! kernel may already have dropped the dirty pages and marked them clean, so a
 //! second fsync could "succeed" over lost data. Dropping a `DiskStorage` does
-//! not write its buffer: ops that were never synced are lost, as in a crash.
-//!
-//! # Caveat
-//! A power cut while the kernel writes back a large un-synced batch can leave
-//! a later page on disk and an earlier one not. Replay then sees a damaged
-//! record followed by a valid one and refuses to start, although only
-//! unacknowledged ops were hit. It errs on the side of stopping: telling this
-//! apart from real damage needs more than one checksum per record.
+//! not write its batch: ops that were never synced are lost, as in a crash.
 
 use super::{Error, FsyncPolicy, Result, Storage};
 use crate::protocol::durable::{Durable, Persist};
@@ -80,7 +95,10 @@ pub const WAL_FILE_NAME: &str = "wal.log";
 pub const MAGIC: [u8; 8] = *b"QKVWAL\0\0";
 
 /// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The oldest format version this build reads (and upgrades in place).
+pub const FORMAT_VERSION_MIN: u32 = 1;
 
 /// File header: magic, then the format version as u32 LE.
 pub const HEADER_BYTES: u64 = 12;
@@ -96,10 +114,6 @@ pub const RECORD_BYTES_MAX: u32 = 256 * 1024 * 1024;
 // Any four bytes of JSON text read as at least 0x2000_0000 (every byte is
 // >= 0x20), so the corruption scan never takes payload text for a record header.
 const _: () = assert!(RECORD_BYTES_MAX < 0x2000_0000);
-
-/// Buffered bytes handed to the OS before a sync asks for it, so memory stays
-/// bounded when many ops arrive between syncs.
-const BUFFER_BYTES_MAX: usize = 1024 * 1024;
 
 /// How much of the file the corruption scan reads at a time.
 const SCAN_WINDOW_BYTES: usize = 1024 * 1024;
@@ -119,8 +133,10 @@ pub struct DiskStorage {
     path: PathBuf,
     /// The open log, locked for this process, in append mode.
     file: File,
-    /// Encoded records not yet handed to the OS.
-    buffer: Vec<u8>,
+    /// Ops persisted since the last sync, framed as records.
+    batch: Batch,
+    /// Largest payload of one record: `RECORD_BYTES_MAX` (smaller in tests).
+    record_bytes_max: usize,
     /// Whether `sync` calls fdatasync.
     fsync: FsyncPolicy,
     /// Directories whose entries the next fsync must make durable (the data
@@ -128,6 +144,10 @@ pub struct DiskStorage {
     dirs_to_sync: Vec<PathBuf>,
     /// Set by the first failed write or fsync; every later call fails.
     poisoned: Option<Poisoned>,
+    /// Bytes handed to the OS since open.
+    bytes_written: u64,
+    /// fdatasyncs of the log issued by `sync` since open.
+    syncs: u64,
 }
 
 /// The failure that stopped a `DiskStorage`.
@@ -141,12 +161,103 @@ struct Poisoned {
     message: String,
 }
 
+/// The ops persisted since the last sync, already encoded as framed records.
+#[derive(Debug, Default)]
+struct Batch {
+    /// What the next sync writes: the file header when the log is new, then
+    /// the records. While `open` is set, the last record lacks its closing
+    /// `]`, its length and its checksum.
+    bytes: Vec<u8>,
+    /// Where each closed record ends in `bytes`.
+    ends: Vec<usize>,
+    /// Where the open record starts in `bytes`, if one is open.
+    open: Option<usize>,
+    /// One op's JSON, before it joins a record.
+    scratch: Vec<u8>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends `op` to the open record, first closing it (and so starting a
+    /// new record) when the payload would pass `max_payload` bytes. On error
+    /// nothing changes.
+    fn push(&mut self, op: &Persist, max_payload: usize) -> std::result::Result<(), String> {
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, op)
+            .map_err(|e| format!("cannot encode op: {e}"))?;
+        // A lone op still needs its `[` and `]`.
+        if self.scratch.len() + 2 > max_payload {
+            return Err(format!(
+                "op of {} bytes does not fit in a record of at most {max_payload} bytes",
+                self.scratch.len()
+            ));
+        }
+        if let Some(start) = self.open {
+            // The payload so far (with its `[`), a comma, the op and the `]`.
+            let payload = self.bytes.len() - start - RECORD_HEADER_BYTES as usize;
+            if payload + self.scratch.len() + 2 > max_payload {
+                self.close();
+            }
+        }
+        if self.open.is_some() {
+            self.bytes.push(b',');
+        } else {
+            self.open = Some(self.bytes.len());
+            self.bytes.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
+            self.bytes.push(b'[');
+        }
+        self.bytes.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+
+    /// Closes the open record, if any: the `]`, then its length and checksum.
+    fn close(&mut self) {
+        let Some(start) = self.open.take() else {
+            return;
+        };
+        self.bytes.push(b']');
+        let payload_start = start + RECORD_HEADER_BYTES as usize;
+        // `push` kept the payload within `max_payload`, at most RECORD_BYTES_MAX.
+        let len = u32::try_from(self.bytes.len() - payload_start).expect("payload fits in u32");
+        let crc = crc32fast::hash(&self.bytes[payload_start..]);
+        self.bytes[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        self.bytes[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
+        self.ends.push(self.bytes.len());
+    }
+
+    /// The pieces a sync writes, one record each (the first also carries the
+    /// file header, if any; a header alone is a piece too). Call after `close`.
+    fn pieces(&self) -> Vec<&[u8]> {
+        let mut start = 0;
+        let last = self.ends.last().copied().unwrap_or(0);
+        let tail = (last < self.bytes.len()).then_some(self.bytes.len());
+        let mut pieces = Vec::with_capacity(self.ends.len() + 1);
+        for end in self.ends.iter().copied().chain(tail) {
+            pieces.push(&self.bytes[start..end]);
+            start = end;
+        }
+        pieces
+    }
+
+    /// Empties the batch, keeping its allocations.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.open = None;
+    }
+}
+
 /// What replay found.
 struct Replayed {
     /// State rebuilt from every good record.
     durable: Durable,
     /// Good records applied.
     records: u64,
+    /// Ops in those records.
+    ops: u64,
     /// Byte offset just past the last good record.
     end: u64,
     /// The record at `end` that could not be read, if replay stopped early.
@@ -158,14 +269,14 @@ enum Bad {
     /// The bytes are not what was written (cut short, impossible length,
     /// checksum mismatch): a torn tail when no valid frame follows.
     Damaged(String),
-    /// The checksum matches but the payload is no `Persist`: never torn.
+    /// The checksum matches but the payload is no batch of ops: never torn.
     Undecodable(String),
 }
 
 /// One step of replay.
 enum Frame {
-    /// A good op and the record's size in bytes.
-    Valid(Persist, u64),
+    /// The ops of a good record and the record's size in bytes.
+    Valid(Vec<Persist>, u64),
     /// A record that could not be read.
     Bad(Bad),
 }
@@ -174,7 +285,7 @@ impl DiskStorage {
     /// Opens (creating if missing) the data directory, replays what is there,
     /// and returns the storage plus the recovered state. Cuts a torn tail with
     /// a warning; a damaged record in the middle is [`Error::Corrupt`]. Logs the
-    /// number of records and bytes replayed and the time taken.
+    /// number of records, ops and bytes replayed and the time taken.
     pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<(DiskStorage, Durable)> {
         let started = Instant::now();
         let dir_created = create_dir(dir)?;
@@ -183,28 +294,43 @@ impl DiskStorage {
         let mut storage = DiskStorage {
             path,
             file,
-            buffer: Vec::new(),
+            batch: Batch::default(),
+            record_bytes_max: RECORD_BYTES_MAX as usize,
             fsync,
             dirs_to_sync: Vec::new(),
             poisoned: None,
+            bytes_written: 0,
+            syncs: 0,
         };
         if dir_created {
             storage.dirs_to_sync.push(parent_dir(dir));
         }
         let file_len = storage.file.metadata().map_err(io_error(&storage.path, "stat"))?.len();
-        let (durable, records, bytes) = if file_len < HEADER_BYTES {
+        let (durable, records, ops, bytes) = if file_len < HEADER_BYTES {
             storage.start_fresh(dir, file_len)?;
-            (Durable::default(), 0, 0)
+            (Durable::default(), 0, 0, 0)
         } else {
             let replayed = storage.recover(file_len)?;
-            (replayed.durable, replayed.records, replayed.end)
+            (replayed.durable, replayed.records, replayed.ops, replayed.end)
         };
         crate::qlog!(
-            "wal {}: replayed {records} records ({bytes} bytes) in {} ms",
+            "wal {}: replayed {records} records ({ops} ops, {bytes} bytes) in {} ms",
             storage.path.display(),
             started.elapsed().as_millis()
         );
         Ok((storage, durable))
+    }
+
+    /// Bytes handed to the OS since open: the header of a new log and every
+    /// record written. For metrics.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// fdatasyncs of the log issued by `sync` since open: one per record under
+    /// [`FsyncPolicy::Always`], none under `Never`. For metrics.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// Starts a log whose file is empty or holds a torn header from a crash
@@ -229,16 +355,17 @@ impl DiskStorage {
             );
             self.file.set_len(0).map_err(io_error(&self.path, "truncate"))?;
         }
-        self.buffer.extend_from_slice(&header);
+        self.batch.bytes.extend_from_slice(&header);
         self.dirs_to_sync.push(dir.to_path_buf());
         Ok(())
     }
 
-    /// Checks the header, replays every record, and cuts a torn tail.
+    /// Checks the header, replays every record, cuts a torn tail, and
+    /// upgrades an older format version.
     fn recover(&mut self, file_len: u64) -> Result<Replayed> {
         let mut header = Vec::new();
         read_at(&self.file, &self.path, 0, HEADER_BYTES as usize, &mut header)?;
-        check_header(&self.path, &header)?;
+        let version = check_header(&self.path, &header)?;
         let replayed = replay_records(&self.file, &self.path, file_len)?;
         match &replayed.bad {
             None => {}
@@ -256,6 +383,9 @@ impl DiskStorage {
                 self.cut_torn_tail(replayed.end, file_len, detail)?;
             }
         }
+        if version < FORMAT_VERSION {
+            self.upgrade_header(version)?;
+        }
         Ok(replayed)
     }
 
@@ -272,6 +402,27 @@ impl DiskStorage {
             // one was, or a crash could bring back its bytes behind them.
             self.file.sync_all().map_err(io_error(&self.path, "fsync"))?;
         }
+        Ok(())
+    }
+
+    /// Rewrites the header's version field as `FORMAT_VERSION`, in place,
+    /// before any record of the new format is appended. The records already
+    /// there stay as they are (replay reads both shapes).
+    fn upgrade_header(&mut self, from: u32) -> Result<()> {
+        // The log's own handle appends; a second handle writes in place.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(io_error(&self.path, "open"))?;
+        file.seek(SeekFrom::Start(MAGIC.len() as u64)).map_err(io_error(&self.path, "seek"))?;
+        file.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io_error(&self.path, "write"))?;
+        if self.fsync == FsyncPolicy::Always {
+            file.sync_data().map_err(io_error(&self.path, "fsync"))?;
+        }
+        crate::qlog!(
+            "wal {}: format version {from} upgraded in place to {FORMAT_VERSION}",
+            self.path.display()
+        );
         Ok(())
     }
 
@@ -300,20 +451,29 @@ impl DiskStorage {
         Error::Io { path, op, source }
     }
 
-    /// Hands the buffer to the OS.
-    fn write_buffer(&mut self) -> Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
+    /// Writes the batch's records in order, each with one `write_all`; under
+    /// `FsyncPolicy::Always` fsyncs after each, before the next is written.
+    fn write_batch(&mut self, batch: &Batch) -> Result<()> {
+        let pieces = batch.pieces();
+        for piece in &pieces {
+            if let Err(e) = self.file.write_all(piece) {
+                return Err(self.poison(self.path.clone(), "write", e));
+            }
+            self.bytes_written += piece.len() as u64;
+            if self.fsync == FsyncPolicy::Always {
+                self.fsync_all()?;
+            }
         }
-        if let Err(e) = self.file.write_all(&self.buffer) {
-            return Err(self.poison(self.path.clone(), "write", e));
+        if pieces.is_empty() && self.fsync == FsyncPolicy::Always {
+            // Nothing to write, but a directory entry is not yet durable.
+            self.fsync_all()?;
         }
-        self.buffer.clear();
         Ok(())
     }
 
     /// fdatasyncs the log, then any directory whose entry is not yet durable.
     fn fsync_all(&mut self) -> Result<()> {
+        self.syncs += 1;
         if let Err(e) = self.file.sync_data() {
             return Err(self.poison(self.path.clone(), "fsync", e));
         }
@@ -329,31 +489,34 @@ impl DiskStorage {
 }
 
 impl Storage for DiskStorage {
-    /// Appends one record to the buffer; hands the buffer to the OS once it is
-    /// large. A record above `RECORD_BYTES_MAX` is refused and nothing is written.
+    /// Adds one op to the batch in memory; no IO. An op whose JSON does not
+    /// fit in one record is refused, and the batch stays as it was.
     fn persist(&mut self, op: &Persist) -> Result<()> {
         self.check_poisoned()?;
-        if let Err(detail) = encode_record(op, &mut self.buffer) {
+        if let Err(detail) = self.batch.push(op, self.record_bytes_max) {
             return Err(Error::Io {
                 path: self.path.clone(),
                 op: "encode",
                 source: io::Error::new(io::ErrorKind::InvalidInput, detail),
             });
         }
-        if self.buffer.len() >= BUFFER_BYTES_MAX {
-            self.write_buffer()?;
-        }
         Ok(())
     }
 
-    /// Writes the buffer; under `FsyncPolicy::Always` also makes it durable.
+    /// Writes the batch as one record (several only when it passed
+    /// `RECORD_BYTES_MAX`); under `FsyncPolicy::Always` also makes it durable.
+    /// Does nothing when nothing was persisted since the last sync.
     fn sync(&mut self) -> Result<()> {
         self.check_poisoned()?;
-        self.write_buffer()?;
-        if self.fsync == FsyncPolicy::Always {
-            self.fsync_all()?;
+        if self.batch.is_empty() && self.dirs_to_sync.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.close();
+        let written = self.write_batch(&batch);
+        batch.clear();
+        self.batch = batch;
+        written
     }
 }
 
@@ -407,8 +570,8 @@ fn header_bytes() -> [u8; HEADER_BYTES as usize] {
     header
 }
 
-/// Checks magic and version of a 12-byte header.
-fn check_header(path: &Path, header: &[u8]) -> Result<()> {
+/// Checks magic and version of a 12-byte header; returns the version.
+fn check_header(path: &Path, header: &[u8]) -> Result<u32> {
     if header[..8] != MAGIC {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
@@ -424,39 +587,19 @@ fn check_header(path: &Path, header: &[u8]) -> Result<()> {
             supported: FORMAT_VERSION,
         });
     }
-    if version == 0 {
+    if version < FORMAT_VERSION_MIN {
         return Err(Error::Corrupt {
             path: path.to_path_buf(),
             offset: 8,
-            detail: "format version 0 was never written".to_string(),
+            detail: format!("format version {version} was never written"),
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Four bytes as an array (the caller slices exactly four).
 fn le_u32(bytes: &[u8]) -> [u8; 4] {
     bytes.try_into().expect("caller passes exactly four bytes")
-}
-
-/// Appends one framed record for `op` to `out`; on error `out` is unchanged.
-fn encode_record(op: &Persist, out: &mut Vec<u8>) -> std::result::Result<(), String> {
-    let start = out.len();
-    out.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
-    let payload_start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, op) {
-        out.truncate(start);
-        return Err(format!("cannot encode op: {e}"));
-    }
-    let len = out.len() - payload_start;
-    if len > RECORD_BYTES_MAX as usize {
-        out.truncate(start);
-        return Err(format!("record of {len} bytes exceeds RECORD_BYTES_MAX ({RECORD_BYTES_MAX})"));
-    }
-    let crc = crc32fast::hash(&out[payload_start..]);
-    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-    out[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
 }
 
 /// Checks a record header against the bytes after it; returns (length, crc).
@@ -477,14 +620,25 @@ fn check_record_header(header: &[u8], bytes_after: u64) -> std::result::Result<(
     Ok((len, crc))
 }
 
-/// Checks a payload against its checksum and decodes it.
-fn decode_payload(crc: u32, payload: &[u8]) -> std::result::Result<Persist, Bad> {
+/// Checks a payload against its checksum and decodes it: an array is a
+/// batch, an object one op (a version-1 record).
+fn decode_payload(crc: u32, payload: &[u8]) -> std::result::Result<Vec<Persist>, Bad> {
     let actual = crc32fast::hash(payload);
     if actual != crc {
         return Err(Bad::Damaged(format!("checksum {actual:08x}, header says {crc:08x}")));
     }
-    serde_json::from_slice(payload)
-        .map_err(|e| Bad::Undecodable(format!("checksum matches but payload is no op: {e}")))
+    let decoded = if payload.first() == Some(&b'[') {
+        serde_json::from_slice::<Vec<Persist>>(payload)
+    } else {
+        serde_json::from_slice::<Persist>(payload).map(|op| vec![op])
+    };
+    match decoded {
+        Ok(ops) if !ops.is_empty() => Ok(ops),
+        Ok(_) => Err(Bad::Undecodable("checksum matches but the batch is empty".to_string())),
+        Err(e) => {
+            Err(Bad::Undecodable(format!("checksum matches but payload is no batch of ops: {e}")))
+        }
+    }
 }
 
 /// Applies every record from just after the header until the end of the file
@@ -493,12 +647,15 @@ fn replay_records(file: &File, path: &Path, file_len: u64) -> Result<Replayed> {
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
     reader.seek(SeekFrom::Start(HEADER_BYTES)).map_err(io_error(path, "seek"))?;
     let mut replayed =
-        Replayed { durable: Durable::default(), records: 0, end: HEADER_BYTES, bad: None };
+        Replayed { durable: Durable::default(), records: 0, ops: 0, end: HEADER_BYTES, bad: None };
     while replayed.end < file_len {
         match read_record(&mut reader, path, file_len - replayed.end)? {
-            Frame::Valid(op, size) => {
-                replayed.durable.apply(&op);
+            Frame::Valid(ops, size) => {
+                for op in &ops {
+                    replayed.durable.apply(op);
+                }
                 replayed.records += 1;
+                replayed.ops += ops.len() as u64;
                 replayed.end += size;
             }
             Frame::Bad(bad) => {
@@ -509,7 +666,6 @@ fn replay_records(file: &File, path: &Path, file_len: u64) -> Result<Replayed> {
     }
     Ok(replayed)
 }
-
 /// Reads the record at the reader's position, `bytes_left` before the end.
 fn read_record(reader: &mut impl Read, path: &Path, bytes_left: u64) -> Result<Frame> {
     if bytes_left < RECORD_HEADER_BYTES {
@@ -526,7 +682,7 @@ fn read_record(reader: &mut impl Read, path: &Path, bytes_left: u64) -> Result<F
     let mut payload = vec![0; len as usize];
     reader.read_exact(&mut payload).map_err(io_error(path, "read"))?;
     Ok(match decode_payload(crc, &payload) {
-        Ok(op) => Frame::Valid(op, RECORD_HEADER_BYTES + u64::from(len)),
+        Ok(ops) => Frame::Valid(ops, RECORD_HEADER_BYTES + u64::from(len)),
         Err(bad) => Frame::Bad(bad),
     })
 }
@@ -686,35 +842,74 @@ mod tests {
         durable
     }
 
-    /// Opens `dir`, appends `ops`, syncs, and closes; returns what open recovered.
-    fn append(dir: &Path, fsync: FsyncPolicy, ops: &[Persist]) -> Durable {
+    /// `every_op` in sync batches of several ops each.
+    fn batches() -> Vec<Vec<Persist>> {
+        let ops = every_op();
+        [0..4, 4..6, 6..10, 10..ops.len()].into_iter().map(|r| ops[r].to_vec()).collect()
+    }
+
+    /// Opens `dir`, persists each batch and syncs after it, and closes;
+    /// returns what open recovered.
+    fn append_batches(dir: &Path, fsync: FsyncPolicy, batches: &[Vec<Persist>]) -> Durable {
         let (mut storage, recovered) = DiskStorage::open(dir, fsync).unwrap();
-        for op in ops {
-            storage.persist(op).unwrap();
+        for batch in batches {
+            for op in batch {
+                storage.persist(op).unwrap();
+            }
+            storage.sync().unwrap();
         }
-        storage.sync().unwrap();
         recovered
+    }
+
+    /// Opens `dir`, appends `ops` as one batch, syncs, and closes; returns
+    /// what open recovered.
+    fn append(dir: &Path, fsync: FsyncPolicy, ops: &[Persist]) -> Durable {
+        append_batches(dir, fsync, &[ops.to_vec()])
     }
 
     fn reopen(dir: &Path) -> Result<Durable> {
         DiskStorage::open(dir, FsyncPolicy::Never).map(|(_, durable)| durable)
     }
 
-    fn record(op: &Persist) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        encode_record(op, &mut bytes).unwrap();
-        bytes
+    /// The one record a sync of `ops` writes.
+    fn record(ops: &[Persist]) -> Vec<u8> {
+        let mut batch = Batch::default();
+        for op in ops {
+            batch.push(op, RECORD_BYTES_MAX as usize).unwrap();
+        }
+        batch.close();
+        assert_eq!(batch.ends, [batch.bytes.len()], "one record");
+        batch.bytes
     }
 
-    /// The byte offset of every record of `ops` in a log holding just them.
-    fn record_offsets(ops: &[Persist]) -> Vec<u64> {
+    /// A record framing `payload` as it stands.
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        [&len.to_le_bytes()[..], &crc32fast::hash(payload).to_le_bytes(), payload].concat()
+    }
+
+    /// The byte offset of every record of `batches` in a log holding just them.
+    fn record_offsets(batches: &[Vec<Persist>]) -> Vec<u64> {
         let mut offset = HEADER_BYTES;
         let mut offsets = Vec::new();
-        for op in ops {
+        for batch in batches {
             offsets.push(offset);
-            offset += record(op).len() as u64;
+            offset += record(batch).len() as u64;
         }
         offsets
+    }
+
+    /// (offset, payload length) of every record in the log file `bytes`.
+    fn records_in(bytes: &[u8]) -> Vec<(u64, u32)> {
+        let mut at = HEADER_BYTES as usize;
+        let mut records = Vec::new();
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(le_u32(&bytes[at..at + 4]));
+            records.push((at as u64, len));
+            at += RECORD_HEADER_BYTES as usize + len as usize;
+        }
+        assert_eq!(at, bytes.len(), "records end at the end of the file");
+        records
     }
 
     #[test]
@@ -722,27 +917,65 @@ mod tests {
         let ops = every_op();
         let variants: BTreeSet<_> = ops.iter().map(variant).collect();
         assert_eq!(variants.len(), 8, "every_op misses a Persist variant");
+        let each_alone: Vec<Vec<Persist>> = ops.iter().map(|op| vec![op.clone()]).collect();
+        let all_at_once = vec![ops.clone()];
         for fsync in [FsyncPolicy::Always, FsyncPolicy::Never] {
-            let dir = TempDir::new("round-trip");
-            assert_eq!(append(&dir.0, fsync, &ops), Durable::default());
-            assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops), "{fsync:?}");
+            for batches in [&each_alone, &all_at_once] {
+                let what = format!("{fsync:?}, {} syncs", batches.len());
+                let dir = TempDir::new("round-trip");
+                let (mut storage, recovered) = DiskStorage::open(&dir.0, fsync).unwrap();
+                assert_eq!(recovered, Durable::default());
+                for batch in batches {
+                    for op in batch {
+                        storage.persist(op).unwrap();
+                    }
+                    storage.sync().unwrap();
+                }
+                let bytes = fs::read(dir.wal()).unwrap();
+                assert_eq!(records_in(&bytes).len(), batches.len(), "one record per sync: {what}");
+                assert_eq!(storage.bytes_written(), bytes.len() as u64, "{what}");
+                let fsyncs = if fsync == FsyncPolicy::Always { batches.len() as u64 } else { 0 };
+                assert_eq!(storage.syncs(), fsyncs, "{what}");
+                drop(storage);
+                assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops), "{what}");
+            }
         }
     }
 
     #[test]
-    fn torn_tail_at_every_byte_of_the_last_record_recovers_the_rest() {
+    fn sync_with_nothing_persisted_does_no_io() {
+        let dir = TempDir::new("empty-sync");
+        append(&dir.0, FsyncPolicy::Always, &every_op());
+        let (mut storage, _) = DiskStorage::open(&dir.0, FsyncPolicy::Always).unwrap();
+        storage.sync().unwrap();
+        assert_eq!((storage.bytes_written(), storage.syncs()), (0, 0));
+        storage.persist(&Persist::Learner(true)).unwrap();
+        storage.sync().unwrap();
+        storage.sync().unwrap();
+        let written = record(&[Persist::Learner(true)]).len() as u64;
+        assert_eq!((storage.bytes_written(), storage.syncs()), (written, 1));
+    }
+
+    #[test]
+    fn torn_tail_at_every_byte_of_the_last_record_recovers_the_earlier_batches() {
         let dir = TempDir::new("torn-every-byte");
-        let mut ops = every_op();
-        ops.push(Persist::Accept(vec![entry(9, 5, 9, put("last", &[7; 40]))]));
-        append(&dir.0, FsyncPolicy::Always, &ops);
+        let mut batches = batches();
+        let last = batches.last_mut().unwrap();
+        last.push(Persist::Accept(vec![entry(9, 5, 9, put("last", &[7; 40]))]));
+        assert!(last.len() > 1, "the torn record holds a batch of several ops");
+        append_batches(&dir.0, FsyncPolicy::Always, &batches);
         let full = fs::read(dir.wal()).unwrap();
-        let last_start = *record_offsets(&ops).last().unwrap();
-        let kept = &ops[..ops.len() - 1];
+        let last_start = *record_offsets(&batches).last().unwrap();
+        let kept = batches[..batches.len() - 1].concat();
         let next = Persist::Commit(LogIndex(5));
-        let after_next = apply_in_memory(&[kept, std::slice::from_ref(&next)].concat());
+        let after_next = apply_in_memory(&[&kept[..], std::slice::from_ref(&next)].concat());
         for cut in last_start..full.len() as u64 {
             fs::write(dir.wal(), &full[..cut as usize]).unwrap();
-            assert_eq!(append(&dir.0, FsyncPolicy::Never, &[]), apply_in_memory(kept), "cut {cut}");
+            assert_eq!(
+                append(&dir.0, FsyncPolicy::Never, &[]),
+                apply_in_memory(&kept),
+                "cut {cut}"
+            );
             assert_eq!(fs::metadata(dir.wal()).unwrap().len(), last_start, "cut {cut}");
             append(&dir.0, FsyncPolicy::Never, std::slice::from_ref(&next));
             assert_eq!(reopen(&dir.0).unwrap(), after_next, "cut {cut}");
@@ -752,11 +985,11 @@ mod tests {
     #[test]
     fn last_record_with_bad_checksum_or_zeros_after_it_is_a_torn_tail() {
         let dir = TempDir::new("torn-garbage");
-        let ops = every_op();
-        append(&dir.0, FsyncPolicy::Always, &ops);
+        let batches = batches();
+        append_batches(&dir.0, FsyncPolicy::Always, &batches);
         let full = fs::read(dir.wal()).unwrap();
-        let last_start = *record_offsets(&ops).last().unwrap();
-        let kept = apply_in_memory(&ops[..ops.len() - 1]);
+        let last_start = *record_offsets(&batches).last().unwrap();
+        let kept = apply_in_memory(&batches[..batches.len() - 1].concat());
 
         let mut flipped = full.clone();
         *flipped.last_mut().unwrap() ^= 0x04;
@@ -767,8 +1000,37 @@ mod tests {
         // A file extended with zeros, as some file systems leave it after a crash.
         let zeros = [full.clone(), vec![0; 4096]].concat();
         fs::write(dir.wal(), &zeros).unwrap();
-        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops));
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&every_op()));
         assert_eq!(fs::metadata(dir.wal()).unwrap().len(), full.len() as u64);
+    }
+
+    #[test]
+    fn power_cut_mid_batch_loses_only_the_unsynced_batch() {
+        let dir = TempDir::new("power-cut");
+        let a = every_op();
+        // B spans several pages, so the kernel may write back its end first.
+        let b: Vec<Persist> = (0..12)
+            .map(|i| Persist::Accept(vec![entry(9, 10 + i, 9, put("big", &[b'x'; 1000]))]))
+            .collect();
+        append_batches(&dir.0, FsyncPolicy::Always, &[a.clone(), b.clone()]);
+        let full = fs::read(dir.wal()).unwrap();
+        let b_start = record_offsets(&[a.clone(), b.clone()])[1] as usize;
+        let page = 4096;
+        let b_first_page_end = (b_start / page + 1) * page;
+        assert!(full.len() > b_first_page_end + page, "B's end lies on later pages");
+        // The power cut came while B was being written back: its later pages
+        // reached the disk, its first page (from B's start on) did not.
+        for lost in [0x00, 0xff] {
+            let mut bytes = full.clone();
+            bytes[b_start..b_first_page_end].fill(lost);
+            fs::write(dir.wal(), &bytes).unwrap();
+            assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&a), "lost bytes {lost:#x}");
+            assert_eq!(fs::metadata(dir.wal()).unwrap().len(), b_start as u64, "B was cut");
+        }
+        // A power cut that kept B's start but not its end loses B the same way.
+        fs::write(dir.wal(), &full[..full.len() - page]).unwrap();
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&a));
+        assert_eq!(fs::metadata(dir.wal()).unwrap().len(), b_start as u64);
     }
 
     /// Writes `bytes` as the log and expects `Corrupt` at `offset`, with a
@@ -790,31 +1052,33 @@ mod tests {
     #[test]
     fn flipped_bit_in_a_middle_record_is_corrupt_naming_file_and_offset() {
         let dir = TempDir::new("corrupt-middle");
-        let ops = every_op();
-        append(&dir.0, FsyncPolicy::Always, &ops);
+        let batches = batches();
+        append_batches(&dir.0, FsyncPolicy::Always, &batches);
         let full = fs::read(dir.wal()).unwrap();
-        let middle = 4;
-        let offset = record_offsets(&ops)[middle];
-        let len = record(&ops[middle]).len() as u64;
-        // Every bit of the length and checksum fields, and one bit of every
-        // payload byte.
-        let header_bits = (0..64).map(|bit| (offset + bit / 8, 1 << (bit % 8)));
-        let payload_bits = (offset + 8..offset + len).map(|at| (at, 1 << (at % 8)));
-        for (at, mask) in header_bits.chain(payload_bits) {
-            let mut bytes = full.clone();
-            bytes[at as usize] ^= mask;
-            assert_corrupt_at(&dir, &bytes, offset, &format!("byte {at} ^ {mask:#x}"));
+        for middle in 0..batches.len() - 1 {
+            let offset = record_offsets(&batches)[middle];
+            let len = record(&batches[middle]).len() as u64;
+            // Every bit of the length and checksum fields (the high bits of
+            // the length make the record seem to run past the end of the
+            // file, as a torn one would), and one bit of every payload byte.
+            let header_bits = (0..64).map(|bit| (offset + bit / 8, 1 << (bit % 8)));
+            let payload_bits = (offset + 8..offset + len).map(|at| (at, 1 << (at % 8)));
+            for (at, mask) in header_bits.chain(payload_bits) {
+                let mut bytes = full.clone();
+                bytes[at as usize] ^= mask;
+                assert_corrupt_at(&dir, &bytes, offset, &format!("byte {at} ^ {mask:#x}"));
+            }
         }
         fs::write(dir.wal(), &full).unwrap();
-        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops), "the log is intact again");
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&every_op()), "the log is intact");
     }
 
     #[test]
     fn corruption_scan_finds_the_next_record_across_window_edges() {
         let dir = TempDir::new("scan-windows");
-        let ops = every_op();
-        append(&dir.0, FsyncPolicy::Never, &ops);
-        let offsets = record_offsets(&ops);
+        let batches = batches();
+        append_batches(&dir.0, FsyncPolicy::Never, &batches);
+        let offsets = record_offsets(&batches);
         let file = File::open(dir.wal()).unwrap();
         let file_len = file.metadata().unwrap().len();
         for window_bytes in 1..64 {
@@ -829,16 +1093,35 @@ mod tests {
     }
 
     #[test]
-    fn last_record_with_good_checksum_but_no_op_is_corrupt_not_torn() {
+    fn last_record_with_good_checksum_but_no_batch_is_corrupt_not_torn() {
         let dir = TempDir::new("undecodable");
         append(&dir.0, FsyncPolicy::Never, &every_op());
-        let mut bytes = fs::read(dir.wal()).unwrap();
-        let offset = bytes.len() as u64;
-        let payload = b"{\"NoSuchOp\":1}";
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        bytes.extend_from_slice(payload);
-        assert_corrupt_at(&dir, &bytes, offset, "undecodable last record");
+        let good = fs::read(dir.wal()).unwrap();
+        let offset = good.len() as u64;
+        for payload in
+            [&b"{\"NoSuchOp\":1}"[..], b"[{\"NoSuchOp\":1}]", b"[]", b"[{\"Learner\":true}"]
+        {
+            let bytes = [&good[..], &frame(payload)].concat();
+            let what = String::from_utf8_lossy(payload);
+            assert_corrupt_at(&dir, &bytes, offset, &format!("undecodable last record {what}"));
+        }
+    }
+
+    #[test]
+    fn version_1_log_is_read_then_upgraded_in_place() {
+        let dir = TempDir::new("version-1");
+        fs::create_dir_all(&dir.0).unwrap();
+        let ops = every_op();
+        let (old, new) = ops.split_at(6);
+        // Version 1: one record per op, its payload the op's JSON object.
+        let v1_records: Vec<u8> =
+            old.iter().flat_map(|op| frame(&serde_json::to_vec(op).unwrap())).collect();
+        let v1 = [&MAGIC[..], &1u32.to_le_bytes(), &v1_records].concat();
+        fs::write(dir.wal(), &v1).unwrap();
+        assert_eq!(append(&dir.0, FsyncPolicy::Always, new), apply_in_memory(old));
+        let expected = [&header_bytes()[..], &v1_records, &record(new)].concat();
+        assert_eq!(fs::read(dir.wal()).unwrap(), expected, "version 2 header, old records kept");
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops));
     }
 
     #[test]
@@ -851,7 +1134,7 @@ mod tests {
         assert!(err.to_string().contains(&dir.wal().display().to_string()), "{err}");
         match err {
             Error::NewerFormat { path, found, supported } => {
-                assert_eq!((path, found, supported), (dir.wal(), 2, 1));
+                assert_eq!((path, found, supported), (dir.wal(), 3, 2));
             }
             other => panic!("expected NewerFormat, got {other}"),
         }
@@ -861,8 +1144,9 @@ mod tests {
     fn bad_magic_is_corrupt_at_offset_zero() {
         let dir = TempDir::new("bad-magic");
         fs::create_dir_all(&dir.0).unwrap();
-        assert_corrupt_at(&dir, b"NOTAWAL\0\x01\0\0\0", 0, "bad magic");
+        assert_corrupt_at(&dir, b"NOTAWAL\0\x02\0\0\0", 0, "bad magic");
         assert_corrupt_at(&dir, b"QKV-", 0, "short file that is no header prefix");
+        assert_corrupt_at(&dir, b"QKVWAL\0\0\0\0\0\0", 8, "version 0");
     }
 
     #[test]
@@ -884,14 +1168,51 @@ mod tests {
     #[test]
     fn appends_after_reopen_continue_after_the_recovered_records() {
         let dir = TempDir::new("append-after-reopen");
-        let ops = every_op();
-        let (first, second) = ops.split_at(5);
-        append(&dir.0, FsyncPolicy::Always, first);
-        assert_eq!(append(&dir.0, FsyncPolicy::Always, second), apply_in_memory(first));
-        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops));
+        let batches = batches();
+        let (first, second) = batches.split_at(2);
+        append_batches(&dir.0, FsyncPolicy::Always, first);
+        assert_eq!(
+            append_batches(&dir.0, FsyncPolicy::Always, second),
+            apply_in_memory(&first.concat())
+        );
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&every_op()));
         let expected: Vec<u8> =
-            header_bytes().into_iter().chain(ops.iter().flat_map(record)).collect();
+            header_bytes().into_iter().chain(batches.iter().flat_map(|b| record(b))).collect();
         assert_eq!(fs::read(dir.wal()).unwrap(), expected, "one header, records in order");
+    }
+
+    #[test]
+    fn only_a_batch_above_the_record_limit_is_split_each_record_fsynced() {
+        let dir = TempDir::new("split");
+        let ops = every_op();
+        // Just room for the largest op alone.
+        let limit = ops.iter().map(|op| serde_json::to_vec(op).unwrap().len() + 2).max().unwrap();
+        let (mut storage, _) = DiskStorage::open(&dir.0, FsyncPolicy::Always).unwrap();
+        storage.record_bytes_max = limit;
+        let huge = Persist::Accept(vec![entry(9, 9, 9, put("huge", &vec![b'h'; limit]))]);
+        storage.persist(&ops[0]).unwrap();
+        let err = storage.persist(&huge).unwrap_err();
+        assert!(matches!(err, Error::Io { op: "encode", .. }), "{err}");
+        for op in &ops[1..] {
+            storage.persist(op).unwrap();
+        }
+        storage.sync().unwrap();
+        let bytes = fs::read(dir.wal()).unwrap();
+        let records = records_in(&bytes);
+        assert!(records.len() > 1, "split into {} records", records.len());
+        assert!(records.iter().all(|&(_, len)| len as usize <= limit), "{records:?}");
+        // A record is closed only when the next op would not fit in it.
+        for pair in records.windows(2) {
+            let ((_, len), (next_at, next_len)) = (pair[0], pair[1]);
+            let payload_at = (next_at + RECORD_HEADER_BYTES) as usize;
+            let payload = &bytes[payload_at..payload_at + next_len as usize];
+            let next_ops: Vec<Persist> = serde_json::from_slice(payload).unwrap();
+            let first_len = serde_json::to_vec(&next_ops[0]).unwrap().len();
+            assert!(len as usize + 1 + first_len > limit, "record of {len} bytes closed early");
+        }
+        assert_eq!(storage.syncs(), records.len() as u64, "one fsync per record");
+        drop(storage);
+        assert_eq!(reopen(&dir.0).unwrap(), apply_in_memory(&ops));
     }
 
     #[test]
