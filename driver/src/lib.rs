@@ -17,3 +17,4 @@
 
 pub mod binary;
 pub mod client;
+pub mod cluster;
