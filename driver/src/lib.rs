@@ -18,3 +18,4 @@
 pub mod binary;
 pub mod client;
 pub mod cluster;
+pub mod scenarios;
