@@ -8,3 +8,4 @@ pub mod log;
 pub mod protocol;
 pub mod storage;
 pub mod transport;
+pub mod wire;
