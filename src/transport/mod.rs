@@ -1,11 +1,78 @@
-//! Sockets and threads: the only place that touches `std::net` (DESIGN §1, §2).
+//! Sockets and threads: the only place that touches `std::net` (DESIGN §1, §2, §8).
 //!
-//! Filled in by the transport work; this file pins the interface the event loop uses.
+//! Every thread here turns bytes into typed [`Event`]s for the one event loop,
+//! or typed replies and frames back into bytes. None holds protocol state.
+//!
+//! # The thread story
+//!
+//! - **accept** (one): takes connections on the replica's one port and hands
+//!   each to its own **connection** thread at once, so a silent or slow
+//!   connection can never hold up the next one. Over `clients_max` it still
+//!   lets a connection in for [`HANDSHAKE_MS_MAX`] (a few at a time), because
+//!   it may be a peer; a client there gets `ERR BUSY` and is closed.
+//! - **connection** (one per accepted socket): waits for the first bytes. If
+//!   they start with `QKVPEER `, the connection is a peer link (below);
+//!   anything else is a client, and its first line is its first command.
+//! - **inbound peer reader** (the connection thread, after an accepted
+//!   handshake, see [`handshake`]): reads frames with [`crate::wire`] and sends
+//!   [`Event::Peer`]; on EOF or any error it sends [`Event::LinkDown`] and ends.
+//!   Inbound links only receive. A newer inbound link from the same peer
+//!   replaces (shuts down) the older one, which ends without a `LinkDown`, so
+//!   a half-open connection from a partition never lingers.
+//! - **peer writer** (one per other peer, for the life of the process): dials
+//!   the peer, handshakes, sends [`Event::LinkUp`], then drains its bounded
+//!   queue, batching whatever is queued into one write. Outbound links only
+//!   send. On an error it sends [`Event::LinkDown`] (once per up → down), drops
+//!   queued frames (the protocol tolerates loss; stale frames must not arrive
+//!   late), backs off 10 ms doubling to 500 ms and dials again. A write
+//!   timeout means a stopped peer cannot wedge it. So each pair of replicas
+//!   has two TCP connections, one per direction.
+//! - **client reader** (the connection thread) and **client writer** (one
+//!   more thread per client): the reader cuts lines (capped at
+//!   `--max-line-bytes`, an overlong line is answered `ERR TOOLARGE` and
+//!   skipped without buffering it), numbers them 0, 1, 2 … and parses them.
+//!   Parse errors, HELP and QUIT are answered straight to the writer; every
+//!   other command goes to the loop as [`Event::Client`]. The writer puts
+//!   replies back in sequence order and writes them, flushing when nothing
+//!   more is ready. When the client half-closes, the writer still delivers
+//!   the replies owed (for `echo STATUS | nc -N`), for at most
+//!   [`CLIENT_DRAIN_MS_MAX`]. The reader joins the writer, then sends
+//!   [`Event::ClientClosed`] as the connection's last event, so no thread
+//!   outlives its connection.
+//!
+//! Every [`Event`] is sent with a blocking `send` on the bounded events
+//! channel: a busy loop slows the readers down instead of growing a queue. A
+//! thread whose send fails (the loop is gone) ends quietly.
+//!
+//! The one lock here guards the table of inbound peer sockets (transport
+//! bookkeeping, never protocol state).
 
-use crate::client::{Reply, Request};
+mod client;
+mod handshake;
+mod input;
+mod listener;
+mod peer;
+#[cfg(test)]
+mod tests;
+
+use crate::client::{Limits, Reply, Request};
 use crate::protocol::message::Envelope;
 use crate::protocol::types::ReplicaId;
-use crossbeam_channel::Sender;
+use crate::qlog;
+use crossbeam_channel::{Sender, TrySendError};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use handshake::HANDSHAKE_MS_MAX;
+
+/// How long a client writer keeps delivering owed replies after the client
+/// half-closed its side. The loop answers every request within its request
+/// timeout (`ERR TIMEOUT` at worst); this only bounds a thread whose loop
+/// went quiet.
+pub const CLIENT_DRAIN_MS_MAX: u64 = 30_000;
 
 /// Identifies one client connection inside this process.
 pub type ConnId = u64;
@@ -26,4 +93,210 @@ pub enum Event {
     Client { conn: ConnId, seq: u64, request: Request },
     /// The client connection is gone; drop its pending replies.
     ClientClosed { conn: ConnId },
+}
+
+/// What the transport needs to know, taken from the replica's `Config`.
+#[derive(Debug)]
+pub struct TransportConfig {
+    /// This replica's id.
+    pub id: ReplicaId,
+    /// `host:port` to listen on (this replica's entry in the peer list).
+    pub listen: String,
+    /// The `--peers` list as given, in id order; [`peers_digest`] covers it.
+    pub peers: Vec<String>,
+    /// Where to dial each other peer (`--peer-dial` already applied).
+    pub dial: BTreeMap<ReplicaId, String>,
+    /// The cluster id named in handshakes; 0 until formation completes. The
+    /// loop stores it once; every handshake reads the current value.
+    pub cluster_id: Arc<AtomicU64>,
+    /// Line, key and value limits (`--max-line-bytes` is enforced here).
+    pub limits: Limits,
+    /// Most client connections open at once (`--max-clients`).
+    pub clients_max: usize,
+    /// Close a client that sent nothing for this long, in ms; 0 = never.
+    pub idle_timeout_ms: u64,
+    /// The HELP reply's lines, before `END`.
+    pub help_lines: Vec<String>,
+    /// Capacity of each peer writer's queue, in frames (at least 1).
+    pub peer_queue_max: usize,
+}
+
+/// The sending ends of the peer writers' queues.
+pub struct PeerSenders {
+    queues: BTreeMap<ReplicaId, Sender<Arc<Vec<u8>>>>,
+    /// Frames refused by [`PeerSenders::send`].
+    dropped: AtomicU64,
+    /// Frames the writers discarded because they were queued while the link
+    /// was down.
+    discarded: Arc<AtomicU64>,
+}
+
+impl PeerSenders {
+    /// Queues an encoded frame (from [`crate::wire::encode`]) for one peer's
+    /// writer without blocking. Returns false, and counts the frame as
+    /// dropped, when the queue is full, the peer is unknown, or the frame is
+    /// over [`crate::wire::FRAME_BYTES_MAX`] (no peer would accept it).
+    pub fn send(&self, to: ReplicaId, frame: Arc<Vec<u8>>) -> bool {
+        let refused = |why: &str| {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if why != "full" && should_log(n) {
+                qlog!("frame to r{to} dropped: {why} ({n} dropped so far)");
+            }
+            false
+        };
+        if frame.len() > crate::wire::FRAME_BYTES_MAX + 4 {
+            return refused("over the frame size limit");
+        }
+        let Some(queue) = self.queues.get(&to) else {
+            return refused("no such peer");
+        };
+        match queue.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => refused("full"),
+            Err(TrySendError::Disconnected(_)) => refused("its writer thread is gone"),
+        }
+    }
+
+    /// Frames refused by [`PeerSenders::send`] (mostly: a queue was full).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Frames a writer discarded unsent because its link was down or
+    /// reconnecting when they were queued.
+    pub fn discarded(&self) -> u64 {
+        self.discarded.load(Ordering::Relaxed)
+    }
+}
+
+/// Binds the listener (an error names the address), spawns the accept thread
+/// and one writer thread per other peer, and returns at once.
+pub fn start(cfg: TransportConfig, events_tx: Sender<Event>) -> io::Result<PeerSenders> {
+    let listener = TcpListener::bind(&cfg.listen)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
+    start_on(listener, cfg, events_tx)
+}
+
+/// [`start`] on a listener that is already bound (tests bind port 0).
+pub(crate) fn start_on(
+    listener: TcpListener,
+    cfg: TransportConfig,
+    events_tx: Sender<Event>,
+) -> io::Result<PeerSenders> {
+    let n = cfg.peers.len();
+    assert!(
+        (1..=n).contains(&usize::from(cfg.id.0)),
+        "replica id {} outside 1..={n}: the config should have refused it",
+        cfg.id
+    );
+    let shared = Arc::new(Shared {
+        id: cfg.id,
+        digest: peers_digest(&cfg.peers),
+        peers: cfg.peers,
+        cluster_id: cfg.cluster_id,
+        limits: cfg.limits,
+        clients_max: cfg.clients_max,
+        idle_timeout_ms: cfg.idle_timeout_ms,
+        help_lines: cfg.help_lines,
+        events_tx,
+        clients: Arc::new(AtomicUsize::new(0)),
+        probes: Arc::new(AtomicUsize::new(0)),
+        busy_refusals: AtomicU64::new(0),
+        inbound: Mutex::new(BTreeMap::new()),
+        inbound_generation: AtomicU64::new(0),
+    });
+    let local = listener.local_addr()?;
+    listener::spawn_accept(listener, Arc::clone(&shared))?;
+    qlog!("listening on {local} for peers and clients");
+    let discarded = Arc::new(AtomicU64::new(0));
+    let mut queues = BTreeMap::new();
+    for (&to, addr) in cfg.dial.iter().filter(|(&to, _)| to != cfg.id) {
+        let (tx, rx) = crossbeam_channel::bounded(cfg.peer_queue_max.max(1));
+        peer::spawn_writer(to, addr.clone(), rx, Arc::clone(&shared), Arc::clone(&discarded))?;
+        queues.insert(to, tx);
+    }
+    Ok(PeerSenders { queues, dropped: AtomicU64::new(0), discarded })
+}
+
+/// A short digest of the peer list: 16 hex digits of FNV-1a 64 over the
+/// comma-joined list. Two replicas with different lists refuse each other.
+pub fn peers_digest(peers: &[String]) -> String {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash =
+        peers.join(",").bytes().fold(FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME));
+    format!("{hash:016x}")
+}
+
+/// What every transport thread shares.
+struct Shared {
+    /// This replica's id.
+    id: ReplicaId,
+    /// The `--peers` list as given.
+    peers: Vec<String>,
+    /// [`peers_digest`] of `peers`.
+    digest: String,
+    /// 0 until formation completes; read at every handshake.
+    cluster_id: Arc<AtomicU64>,
+    limits: Limits,
+    clients_max: usize,
+    idle_timeout_ms: u64,
+    help_lines: Vec<String>,
+    events_tx: Sender<Event>,
+    /// Client connections open, plus connections not yet known to be peers
+    /// that were admitted under the limit.
+    clients: Arc<AtomicUsize>,
+    /// Connections admitted over the client limit, waiting to show whether
+    /// they are peers ([`listener::PROBES_MAX`] at most).
+    probes: Arc<AtomicUsize>,
+    /// Connections answered `ERR BUSY`, for rate-limited logging.
+    busy_refusals: AtomicU64,
+    /// The current inbound link from each peer: (generation, socket).
+    inbound: Mutex<BTreeMap<ReplicaId, (u64, TcpStream)>>,
+    /// Source of inbound link generations.
+    inbound_generation: AtomicU64,
+}
+
+impl Shared {
+    /// The handshake view of this replica, with the current cluster id.
+    fn local(&self) -> handshake::Local<'_> {
+        handshake::Local {
+            id: self.id,
+            peers: &self.peers,
+            digest: &self.digest,
+            cluster_id: self.cluster_id.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// One unit of a counted resource (a client slot, a probe slot), given back
+/// when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes a unit if fewer than `max` are taken.
+    fn acquire(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(Arc::clone(counter)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Repeating failures log their first occurrence and then every 50th, so a
+/// peer that stays down leaves a trace without flooding the log.
+fn should_log(count: u64) -> bool {
+    const LOG_EVERY: u64 = 50;
+    count == 1 || count.is_multiple_of(LOG_EVERY)
+}
+
+/// True for the error kinds a socket read or write timeout produces.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }

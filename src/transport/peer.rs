@@ -1,0 +1,313 @@
+//! Peer links (DESIGN §2): the inbound side that reads frames from an
+//! accepted handshake, and the outbound writer that dials, handshakes and
+//! sends frames from its bounded queue.
+
+use super::handshake::{self, HANDSHAKE_BYTES_MAX, HANDSHAKE_MS_MAX};
+use super::input::{Input, LineEnd};
+use super::{should_log, Event, Shared, Slot};
+use crate::protocol::types::ReplicaId;
+use crate::qlog;
+use crate::wire::{self, WireError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// First wait before dialing a peer again after a failure.
+const BACKOFF_MS_MIN: u64 = 10;
+
+/// Longest wait between dials: a restarted peer is found within this.
+const BACKOFF_MS_MAX: u64 = 500;
+
+/// A write to a peer that takes longer than this means the peer stopped
+/// reading (SIGSTOP, a partition): drop the link and dial again rather than
+/// wedge the writer. Heartbeats are ~20 ms, so a live peer never gets close.
+const PEER_WRITE_MS_MAX: u64 = 2_000;
+
+/// Most bytes gathered into one write; a batch this large is already
+/// efficient, and the bound keeps the buffer small.
+const BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+const _: () = assert!(BACKOFF_MS_MIN <= BACKOFF_MS_MAX);
+
+/// Runs an accepted peer connection: the handshake, then frames until the
+/// link ends. The handshake prefix has arrived but is not consumed yet.
+/// `slot` is the admission slot the connection held until now; it is given
+/// back once the handshake is done.
+pub(super) fn serve_inbound(
+    mut input: Input<TcpStream>,
+    addr: SocketAddr,
+    slot: Slot,
+    shared: &Shared,
+) {
+    let handshake = accept_handshake(&mut input, addr, shared);
+    drop(slot);
+    let Some(from) = handshake else {
+        return;
+    };
+    let registered = input.get_ref().try_clone().map(|clone| register(shared, from, clone));
+    let generation = match registered {
+        Ok(generation) => generation,
+        Err(e) => {
+            qlog!("link from r{from} ({addr}) dropped: {e}");
+            return;
+        }
+    };
+    qlog!("link from r{from} ({addr}) accepted");
+    let Some(error) = forward_frames(&mut input, from, shared) else {
+        return; // The loop is gone.
+    };
+    if unregister(shared, from, generation) {
+        qlog!("link from r{from} ({addr}) closed: {error}");
+        let _ = shared.events_tx.send(Event::LinkDown(from));
+    } else {
+        qlog!("link from r{from} ({addr}) replaced by a newer one");
+    }
+}
+
+/// Reads and checks the handshake, answers it, and returns the proven peer
+/// id; on refusal or error logs one line and returns `None`.
+fn accept_handshake(
+    input: &mut Input<TcpStream>,
+    addr: SocketAddr,
+    shared: &Shared,
+) -> Option<ReplicaId> {
+    let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_MS_MAX);
+    let mut line = Vec::new();
+    let checked = match handshake::read_hello_line(input, deadline, &mut line) {
+        Ok(LineEnd::Line) => handshake::check_hello(&line, &shared.local()),
+        Ok(LineEnd::TooLong(n)) => Err(handshake::Refusal {
+            reason: format!("handshake line {n} > {HANDSHAKE_BYTES_MAX} bytes"),
+            detail: None,
+        }),
+        Ok(LineEnd::Eof) => {
+            qlog!("peer handshake from {addr}: closed before the line ended");
+            return None;
+        }
+        Err(e) => {
+            qlog!("peer handshake from {addr} dropped: {e}");
+            return None;
+        }
+    };
+    let stream = input.get_ref();
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX)));
+    match checked {
+        Ok(from) => {
+            let answer = format!("QKVPEER-OK {}\n", shared.id);
+            let ready = (&*stream).write_all(answer.as_bytes()).and_then(|()| {
+                // Inbound links only receive; a quiet peer is not a dead one.
+                stream.set_read_timeout(None)
+            });
+            match ready {
+                Ok(()) => Some(from),
+                Err(e) => {
+                    qlog!("peer handshake from r{from} ({addr}) failed: {e}");
+                    None
+                }
+            }
+        }
+        Err(refusal) => {
+            let answer = format!("QKVPEER-REFUSED {}\n", refusal.reason);
+            let _ = (&*stream).write_all(answer.as_bytes());
+            let _ = stream.shutdown(Shutdown::Both);
+            match refusal.detail {
+                Some(detail) => qlog!("peer {addr} refused: {}; {detail}", refusal.reason),
+                None => qlog!("peer {addr} refused: {}", refusal.reason),
+            }
+            None
+        }
+    }
+}
+
+/// Sends every frame from `from` to the loop until the link fails, and
+/// returns why; `None` when the loop is gone.
+fn forward_frames(
+    input: &mut Input<TcpStream>,
+    from: ReplicaId,
+    shared: &Shared,
+) -> Option<WireError> {
+    let mut misaddressed = 0u64;
+    loop {
+        match wire::read_frame(input) {
+            Ok(env) if env.from != from => {
+                misaddressed += 1;
+                if misaddressed == 1 {
+                    qlog!(
+                        "link from r{from}: dropping messages that claim to be from r{}",
+                        env.from
+                    );
+                }
+            }
+            Ok(env) => shared.events_tx.send(Event::Peer(env)).ok()?,
+            Err(e) => return Some(e),
+        }
+    }
+}
+
+/// Records `stream` as the current inbound link from `from`, shutting down
+/// the one it replaces. Returns the new link's generation.
+fn register(shared: &Shared, from: ReplicaId, stream: TcpStream) -> u64 {
+    let generation = shared.inbound_generation.fetch_add(1, Ordering::Relaxed);
+    let mut inbound = shared.inbound.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, old)) = inbound.insert(from, (generation, stream)) {
+        let _ = old.shutdown(Shutdown::Both);
+    }
+    generation
+}
+
+/// Forgets the inbound link from `from` if it is still `generation`; false
+/// when a newer link replaced it.
+fn unregister(shared: &Shared, from: ReplicaId, generation: u64) -> bool {
+    let mut inbound = shared.inbound.lock().unwrap_or_else(|e| e.into_inner());
+    match inbound.get(&from) {
+        Some((current, _)) if *current == generation => {
+            inbound.remove(&from);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One outbound link's writer thread state.
+struct Writer {
+    to: ReplicaId,
+    addr: String,
+    rx: Receiver<Arc<Vec<u8>>>,
+    shared: Arc<Shared>,
+    /// Frames discarded because they were queued while the link was down.
+    discarded: Arc<AtomicU64>,
+}
+
+/// Spawns the writer thread for peer `to`, which lives as long as its queue.
+pub(super) fn spawn_writer(
+    to: ReplicaId,
+    addr: String,
+    rx: Receiver<Arc<Vec<u8>>>,
+    shared: Arc<Shared>,
+    discarded: Arc<AtomicU64>,
+) -> io::Result<()> {
+    let writer = Writer { to, addr, rx, shared, discarded };
+    thread::Builder::new().name(format!("peer writer r{to}")).spawn(move || writer.run())?;
+    Ok(())
+}
+
+/// How a connected link's pump ended.
+enum PumpEnd {
+    /// The queue's sender is gone: the transport is shutting down.
+    QueueClosed,
+    /// A write failed or timed out.
+    Failed(io::Error),
+}
+
+impl Writer {
+    /// Dial, handshake, pump, and on failure back off and dial again, until
+    /// the queue closes or the loop is gone.
+    fn run(self) {
+        let (to, addr) = (self.to, self.addr.as_str());
+        let mut backoff_ms = BACKOFF_MS_MIN;
+        let mut failures = 0u64;
+        loop {
+            if !self.discard_queued() {
+                return;
+            }
+            let hello = handshake::hello_line(&self.shared.local());
+            match handshake::dial(addr, to, &hello) {
+                Ok(stream) => {
+                    match failures {
+                        0 => qlog!("link to r{to} ({addr}) up"),
+                        n => qlog!("link to r{to} ({addr}) up after {n} failed attempts"),
+                    }
+                    failures = 0;
+                    backoff_ms = BACKOFF_MS_MIN;
+                    if !self.serve_link(&stream) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if should_log(failures) {
+                        qlog!("link to r{to} ({addr}) not up: {e} (attempt {failures})");
+                    }
+                }
+            }
+            if !self.wait_discarding(Duration::from_millis(backoff_ms)) {
+                return;
+            }
+            backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
+        }
+    }
+
+    /// Runs one connected link: `LinkUp`, frames, and `LinkDown` when it
+    /// fails. False when the thread should end.
+    fn serve_link(&self, stream: &TcpStream) -> bool {
+        // Frames queued while the handshake ran are stale already.
+        if !self.discard_queued() || self.shared.events_tx.send(Event::LinkUp(self.to)).is_err() {
+            return false;
+        }
+        let end = match stream.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_MS_MAX))) {
+            Ok(()) => self.pump(stream),
+            Err(e) => PumpEnd::Failed(e),
+        };
+        let _ = stream.shutdown(Shutdown::Both);
+        match end {
+            PumpEnd::QueueClosed => false,
+            PumpEnd::Failed(e) => {
+                qlog!("link to r{} ({}) down: {e}", self.to, self.addr);
+                self.shared.events_tx.send(Event::LinkDown(self.to)).is_ok()
+            }
+        }
+    }
+
+    /// Writes queued frames, gathering everything already queued into one
+    /// write, until a write fails or the queue closes.
+    fn pump(&self, mut stream: &TcpStream) -> PumpEnd {
+        let mut batch = Vec::new();
+        loop {
+            match self.rx.recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => return PumpEnd::QueueClosed,
+            }
+            while batch.len() < BATCH_BYTES_MAX {
+                match self.rx.try_recv() {
+                    Ok(frame) => batch.extend_from_slice(&frame),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = stream.write_all(&batch) {
+                return PumpEnd::Failed(e);
+            }
+            batch.clear();
+        }
+    }
+
+    /// Drops every queued frame. False when the queue has closed.
+    fn discard_queued(&self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(_) => {
+                    self.discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Sleeps for `pause` while dropping frames that arrive meanwhile. False
+    /// when the queue has closed.
+    fn wait_discarding(&self, pause: Duration) -> bool {
+        let deadline = Instant::now() + pause;
+        loop {
+            match self.rx.recv_deadline(deadline) {
+                Ok(_) => {
+                    self.discarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(RecvTimeoutError::Timeout) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+}
