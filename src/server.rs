@@ -63,9 +63,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
     let tcfg = transport_config(&cfg, cluster_id.clone());
     let listen = tcfg.listen.clone();
-    let peers = transport::start(tcfg, events_tx)
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    qlog!("listening on {listen} ({} replicas, NW={}, NR={})", cfg.peers.len(), cfg.write_quorum, cfg.read_quorum);
+    let peers =
+        transport::start(tcfg, events_tx).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    qlog!(
+        "listening on {listen} ({} replicas, NW={}, NR={})",
+        cfg.peers.len(),
+        cfg.write_quorum,
+        cfg.read_quorum
+    );
     let mut event_loop = EventLoop {
         replica,
         storage,
