@@ -182,10 +182,8 @@ impl Replica {
                 }
                 self.tick_formation(now, out);
             }
-            PeerMsg::Formed { cluster_id } => {
-                if self.formation == Formation::Pending(cluster_id) {
-                    self.complete_formation(now, cluster_id, out);
-                }
+            PeerMsg::Formed { cluster_id } if self.formation == Formation::Pending(cluster_id) => {
+                self.complete_formation(now, cluster_id, out);
             }
             _ => {}
         }

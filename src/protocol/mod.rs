@@ -175,7 +175,7 @@ struct PeerState {
     incarnation: Incarnation,
     /// Whether it said it is a learner.
     learner: bool,
-    /// Whether our outbound link to it is up.
+    /// False from a link reset until we hear from it or our link is up again.
     link_up: bool,
 }
 
@@ -400,6 +400,9 @@ impl Replica {
         }
         let peer = self.peers.get_mut(&from).expect("checked above");
         peer.heard = Some(now);
+        // Hearing from a peer proves it is up; its link may have been reset
+        // and re-dialled without a LinkUp on our side.
+        peer.link_up = true;
         peer.formation = env.formation;
         peer.incarnation = env.incarnation;
         peer.learner = env.learner;
@@ -441,7 +444,7 @@ impl Replica {
             PeerMsg::Vote { epoch, accepted, .. } => self.on_vote(now, from, epoch, accepted, out),
             PeerMsg::Commit { epoch, slots } => self.on_commit(now, from, epoch, slots, out),
             PeerMsg::Heartbeat { epoch, seq, progress } => {
-                self.on_heartbeat(now, from, epoch, seq, progress, out)
+                self.on_heartbeat(now, from, inc, epoch, seq, progress, out)
             }
             PeerMsg::HeartbeatAck { epoch, seq, commit } => {
                 self.on_heartbeat_ack(now, from, epoch, seq, commit, out)
@@ -518,9 +521,13 @@ impl Replica {
     fn live_peers(&self, now: Millis) -> BTreeSet<ReplicaId> {
         let horizon = self.cfg.election_timeout_ms;
         let mut live = BTreeSet::new();
+        // A link reset (kill -9) marks a peer not live at once, until it is
+        // heard from again: waiting out the timeout would let a write be
+        // proposed that can never commit.
         if let Role::Leader(l) = &self.role {
             for (id, at) in &l.last_ack {
-                if now.since(*at) <= horizon {
+                let link_up = self.peers.get(id).is_some_and(|p| p.link_up);
+                if now.since(*at) <= horizon && link_up {
                     live.insert(*id);
                 }
             }

@@ -649,10 +649,12 @@ impl Replica {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_heartbeat(
         &mut self,
         now: Millis,
         from: ReplicaId,
+        inc: Incarnation,
         epoch: Epoch,
         seq: u64,
         progress: Option<(LogIndex, LogIndex)>,
@@ -667,6 +669,11 @@ impl Replica {
         if epoch < self.promise {
             // Our envelope names the higher epoch: the old leader steps down.
             return;
+        }
+        if epoch > self.promise {
+            // A majority promised this epoch; promising it too only refuses
+            // epochs that can no longer win, and keeps STATUS epochs in step.
+            self.persist_promise(epoch, Some(inc), out);
         }
         if !matches!(self.role, Role::Follower) {
             self.step_down(now, out);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const BACKOFF_MS_MIN: u64 = 10;
 
 /// Longest wait between dials: a restarted peer is found within this.
-const BACKOFF_MS_MAX: u64 = 500;
+const BACKOFF_MS_MAX: u64 = 100;
 
 /// A write to a peer that takes longer than this means the peer stopped
 /// reading (SIGSTOP, a partition): drop the link and dial again rather than

@@ -71,6 +71,11 @@ fn refuse_round(
     for &id in &victims {
         kill_and_check(c, id)?;
     }
+    // The kills took effect in the survivor's view (its `live` set dropped the
+    // victims, as it does when their links reset) before the PUT is sent: a
+    // write proposed a moment before the leader learns of the kills has an
+    // unknown outcome (`ERR TIMEOUT`), not a refusal.
+    wait_not_live(c, via, &victims, Instant::now() + opts.election_timeout() * 2)?;
 
     let sent = Instant::now();
     let reply = c.client(via)?.cmd(&format!("PUT {key} must-not-apply"))?;
@@ -92,4 +97,27 @@ fn refuse_round(
     c.wait_for_leader(opts.settle_deadline())?;
     let all: Vec<usize> = c.ids().collect();
     get_through(c, &all, key, None)
+}
+
+/// Polls `via`'s STATUS until none of `victims` is in its `live` field.
+fn wait_not_live(
+    c: &Cluster,
+    via: usize,
+    victims: &[usize],
+    deadline: Instant,
+) -> Result<(), String> {
+    loop {
+        let status = c.status(via)?;
+        let live: Vec<usize> =
+            status.get("live").unwrap_or("-").split(',').filter_map(|id| id.parse().ok()).collect();
+        if !victims.iter().any(|v| live.contains(v)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "replica {via} still counts {live:?} live after killing {victims:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
