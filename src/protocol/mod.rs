@@ -53,6 +53,7 @@
 
 pub mod durable;
 mod election;
+mod inspect;
 mod membership;
 pub mod message;
 pub mod quorum;
