@@ -8,6 +8,8 @@ pub mod exec;
 pub mod log;
 pub mod protocol;
 pub mod server;
+#[cfg(test)]
+pub mod sim;
 pub mod storage;
 pub mod transport;
 pub mod wire;
