@@ -19,4 +19,5 @@ pub mod check;
 pub mod cluster;
 pub mod disk;
 pub mod fmt;
+pub mod linear;
 pub mod net;
