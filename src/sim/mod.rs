@@ -16,8 +16,11 @@
 //! gives the same run (with the same commit and `Cargo.lock`).
 
 pub mod check;
+pub mod clients;
 pub mod cluster;
 pub mod disk;
 pub mod fmt;
 pub mod linear;
 pub mod net;
+pub mod runner;
+mod sweep;
