@@ -121,7 +121,18 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_forward_reply(&mut self, req: ReqId, answer: Reply, out: &mut Vec<Output>) {
+    pub(super) fn on_forward_reply(
+        &mut self,
+        req: ReqId,
+        boot: u64,
+        answer: Reply,
+        out: &mut Vec<Output>,
+    ) {
+        if boot != self.boot {
+            // An answer to a forward of our previous process.
+            self.stats.dropped_messages += 1;
+            return;
+        }
         if let Some(f) = self.forwards.remove(&req.0) {
             self.finish_forward(f.origin, answer, out);
         }
@@ -158,7 +169,7 @@ impl Replica {
         match l.dedup.get(&key) {
             Some(Dedup::Pending) => {}
             Some(Dedup::Done(answer, _)) => {
-                let msg = PeerMsg::ForwardReply { req, reply: answer.clone() };
+                let msg = PeerMsg::ForwardReply { req, boot, reply: answer.clone() };
                 self.send(vec![from], msg, out);
             }
             None => {
@@ -502,7 +513,7 @@ impl Replica {
                         *d = Dedup::Done(answer.clone(), self.now);
                     }
                 }
-                self.send(vec![from], PeerMsg::ForwardReply { req, reply: answer }, out);
+                self.send(vec![from], PeerMsg::ForwardReply { req, boot, reply: answer }, out);
             }
         }
     }

@@ -82,7 +82,7 @@ pub fn msg(m: &PeerMsg) -> String {
         PeerMsg::Forward { req, epoch, request, .. } => {
             format!("forward #{} e={epoch} {}", req.0, self::request(request))
         }
-        PeerMsg::ForwardReply { req, reply } => {
+        PeerMsg::ForwardReply { req, reply, .. } => {
             format!("forward_reply #{} {}", req.0, self::reply(reply))
         }
         PeerMsg::ReadReq { read, key } => format!("read_req #{read} {key}"),
