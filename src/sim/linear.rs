@@ -32,7 +32,7 @@ pub struct Op {
 }
 
 /// Memo entries after which the search gives up rather than run for long.
-pub const MEMO_ENTRIES_MAX: usize = 2_000_000;
+pub const MEMO_ENTRIES_MAX: usize = 500_000;
 
 /// The verdict for one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,7 +155,13 @@ pub fn check(ops: &[Op]) -> Verdict {
     let words = ops.len().div_ceil(64);
     let mut done = vec![0u64; words];
     let mut memo: BTreeSet<(Vec<u64>, Option<Value>)> = BTreeSet::new();
-    let mut stack: Vec<(usize, Option<Value>)> = Vec::new();
+    // Unknown DELs already called are interchangeable: each can take effect at
+    // any later point. One scan of the candidates tries only the first of them
+    // (`del_tried`), so the search never branches over which one it used.
+    let free_del: Vec<bool> =
+        ops.iter().map(|o| o.ret.is_none() && o.kind == OpKind::Del).collect();
+    let mut del_tried = false;
+    let mut stack: Vec<(usize, Option<Value>, bool)> = Vec::new();
     let mut state: Option<Value> = None;
     // Once every operation with a known outcome is placed, the unknown writes
     // left can all go last (a write always fits): the history is explained.
@@ -166,20 +172,25 @@ pub fn check(ops: &[Op]) -> Verdict {
             unreachable!("the event list always ends with a return");
         }
         let (op, is_call, _) = ev.info[node];
-        if is_call {
+        if is_call && free_del[op] && del_tried {
+            node = ev.next[node];
+        } else if is_call {
+            let tried_before = del_tried;
+            del_tried |= free_del[op];
             if let Some(new) = step(state, ops[op].kind) {
                 done[op / 64] |= 1 << (op % 64);
                 if memo.insert((done.clone(), new)) {
                     if memo.len() > MEMO_ENTRIES_MAX {
                         return Verdict::GaveUp;
                     }
-                    stack.push((node, state));
+                    stack.push((node, state, tried_before));
                     state = new;
                     ev.lift(node);
                     if ops[op].ret.is_some() {
                         known_left -= 1;
                     }
                     node = ev.next[0];
+                    del_tried = false;
                     continue;
                 }
                 done[op / 64] &= !(1 << (op % 64));
@@ -187,8 +198,11 @@ pub fn check(ops: &[Op]) -> Verdict {
             node = ev.next[node];
         } else {
             // A return of an operation not placed yet: backtrack.
-            let Some((call, old)) = stack.pop() else { return Verdict::Violation };
+            let Some((call, old, tried_before)) = stack.pop() else {
+                return Verdict::Violation;
+            };
             let op = ev.info[call].0;
+            del_tried = tried_before || free_del[op];
             done[op / 64] &= !(1 << (op % 64));
             if ops[op].ret.is_some() {
                 known_left += 1;
@@ -261,6 +275,24 @@ mod tests {
         assert_eq!(check(&h), Verdict::Linearizable);
         let h = [op(1, 2, Put(1)), op(6, 7, Get(None))];
         assert_eq!(check(&h), Verdict::Violation, "a lost acknowledged write");
+    }
+
+    #[test]
+    fn many_unknown_deletes_do_not_blow_up_the_search() {
+        let mut h = vec![op(1, 2, Put(1))];
+        let mut t = 3;
+        for _ in 0..200 {
+            h.push(Op { call: t, ret: None, kind: Del });
+            t += 1;
+        }
+        for v in 2..100 {
+            h.push(op(t, t + 1, Put(v)));
+            h.push(op(t + 2, t + 3, Get(None)));
+            t += 4;
+        }
+        assert_eq!(check(&h), Verdict::Linearizable);
+        h.push(op(t, t + 1, Get(Some(5))));
+        assert_eq!(check(&h), Verdict::Violation);
     }
 
     #[test]

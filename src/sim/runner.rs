@@ -492,6 +492,7 @@ impl SeedRun {
             }
         }
         self.clients.check_against_log(&log)?;
+        self.clients.settle_unknowns(&log);
         self.clients.check_linearizable()?;
         let h = &self.clients.history;
         Ok(RunStats {
