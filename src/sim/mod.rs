@@ -20,6 +20,7 @@ pub mod clients;
 pub mod cluster;
 pub mod disk;
 pub mod fmt;
+pub mod golden;
 pub mod linear;
 pub mod net;
 pub mod runner;
