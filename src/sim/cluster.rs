@@ -79,7 +79,8 @@ pub enum CrashPoint {
     /// The next sync fails (power cut during fsync); `keep` un-synced ops
     /// survive as a torn tail. Nothing of that batch is sent.
     AtSync { keep: usize },
-    /// The process dies after this many messages of the next batch with sends.
+    /// The process dies after sending this many more messages (counted
+    /// across batches), in the middle of a batch's sends if it comes to that.
     AfterSends(usize),
 }
 
@@ -474,7 +475,6 @@ impl SimCluster {
             }
             Some(CrashPoint::AfterSends(k)) if has_sends => {
                 sends_left = Some(k);
-                node.armed = None;
             }
             _ => {}
         }
@@ -488,6 +488,9 @@ impl SimCluster {
         };
         let result = exec::execute(&mut out, &mut node.disk, &mut wire);
         let cut_off = wire.cut_off;
+        if let Some(left) = wire.sends_left {
+            node.armed = Some(CrashPoint::AfterSends(left));
+        }
         let replies = std::mem::take(&mut wire.replies);
         self.batches += 1;
         if let Err(e) = persist_check {
@@ -771,6 +774,17 @@ impl SimCluster {
     /// Manual mode: delivers only what is queued on `from -> to` right now.
     pub fn deliver_link(&mut self, from: ReplicaId, to: ReplicaId) -> usize {
         self.deliver_all(Some((from, to)))
+    }
+
+    /// Manual mode: takes the messages queued on `from -> to` off the wire, to
+    /// deliver later with `deliver_msgs` (a message delayed past others).
+    pub fn take_link(&mut self, from: ReplicaId, to: ReplicaId) -> Vec<Msg> {
+        self.net.take_queued(Some((from, to)))
+    }
+
+    /// Delivers messages taken off the wire earlier, in order.
+    pub fn deliver_msgs(&mut self, msgs: Vec<Msg>) {
+        self.deliver(msgs);
     }
 
     /// Drops every queued message on `from -> to` (a lost packet).

@@ -187,7 +187,8 @@ impl SimNetwork {
     }
 
     /// Manual mode: takes every queued message (in send order), or only those
-    /// on the link `from -> to`.
+    /// on the link `from -> to`. Messages on a link cut since they were sent
+    /// are lost (counted), as in `pop_due`.
     pub fn take_queued(&mut self, link: Option<(ReplicaId, ReplicaId)>) -> Vec<Msg> {
         let keys: Vec<(Millis, u64)> = self
             .queue
@@ -195,7 +196,12 @@ impl SimNetwork {
             .filter(|(_, m)| link.is_none_or(|(f, t)| m.from == f && m.to == t))
             .map(|(k, _)| *k)
             .collect();
-        keys.into_iter().map(|k| self.queue.remove(&k).expect("listed")).collect()
+        let msgs: Vec<Msg> =
+            keys.into_iter().map(|k| self.queue.remove(&k).expect("listed")).collect();
+        let before = msgs.len();
+        let kept: Vec<Msg> = msgs.into_iter().filter(|m| !self.is_cut(m.from, m.to)).collect();
+        self.stats.cut += (before - kept.len()) as u64;
+        kept
     }
 
     /// Messages in flight.
