@@ -23,5 +23,7 @@ pub mod fmt;
 pub mod golden;
 pub mod linear;
 pub mod net;
+#[cfg(test)]
+mod properties;
 pub mod runner;
 mod sweep;
