@@ -21,8 +21,8 @@ use std::collections::BTreeMap;
 
 /// Simulated time with clients and faults, per seed: drawn from this range.
 /// Sized so the release sweep of 10,000 seeds takes a few minutes on two cores.
-const ACTIVE_MS_MIN: u64 = 2_000;
-const ACTIVE_MS_MAX: u64 = 12_000;
+const ACTIVE_MS_MIN: u64 = 4_000;
+const ACTIVE_MS_MAX: u64 = 30_000;
 /// After healing, the cluster must settle within this time (liveness).
 const SETTLE_MS_MAX: u64 = 3000;
 /// The final reads must be answered within this time.
@@ -119,7 +119,7 @@ impl Plan {
             net,
             batch_max: rng.random_range(1..=6),
             clients: rng.random_range(2..=5),
-            keys: rng.random_range(2..=4),
+            keys: rng.random_range(3..=5),
             think_ms_max: rng.random_range(0..=30),
             fault_gap_ms: (gap_min, gap_min + rng.random_range(0..=300)),
             weights: [
@@ -211,8 +211,13 @@ impl SeedRun {
             self.advance()?;
         }
         self.heal_all();
-        self.settle()?;
+        // Messages sent during the faults may still arrive (a slow one, a
+        // delayed forward): the run is settled only once they all have.
+        let slowest_ms = self.plan.net.delay_ms_max.max(self.plan.net.slow_delay_ms_max);
+        self.settle(self.cluster.now.plus(slowest_ms + 1))?;
         self.final_reads()?;
+        // A write that timed out may still commit during the final reads.
+        self.settle(self.cluster.now)?;
         self.check_end()
     }
 
@@ -390,12 +395,13 @@ impl SeedRun {
         }
     }
 
-    /// Liveness: a serving leader that every replica follows and has caught up
-    /// with, and every request answered, within `SETTLE_MS_MAX`.
-    fn settle(&mut self) -> Result<(), String> {
+    /// Liveness: from `quiet_from` on, a serving leader with nothing
+    /// uncommitted that every replica follows and has caught up with, and every
+    /// request answered, within `SETTLE_MS_MAX`.
+    fn settle(&mut self, quiet_from: Millis) -> Result<(), String> {
         let start = self.cluster.now;
         loop {
-            if self.is_settled() {
+            if self.cluster.now >= quiet_from && self.is_settled() {
                 self.cluster.note(|| "settled".into());
                 return Ok(());
             }
@@ -414,6 +420,9 @@ impl SeedRun {
         let Some(leader) = c.serving_leader() else { return false };
         let l = c.replica(leader).expect("serving leader is up");
         let (epoch, commit) = (l.epoch(), l.commit_index());
+        if l.last_log_index() != commit {
+            return false;
+        }
         let caught_up = c.ids().iter().all(|id| {
             c.replica(*id).is_some_and(|r| {
                 r.commit_index() == commit && r.epoch() == epoch && r.leader_id() == Some(leader)
@@ -485,9 +494,17 @@ impl SeedRun {
         for id in c.ids() {
             let r = c.replica(id).expect("all up after settling");
             if r.store() != l.store() {
+                let keys: std::collections::BTreeSet<&String> =
+                    r.store().keys().chain(l.store().keys()).collect();
+                let diffs: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| r.store().get(*k) != l.store().get(*k))
+                    .map(|k| format!("{k}: {:?} vs {:?}", r.store().get(k), l.store().get(k)))
+                    .collect();
                 return Err(format!(
-                    "r{id}'s store differs from leader r{leader}'s at commit {}",
-                    r.commit_index()
+                    "r{id}'s store differs from leader r{leader}'s at commit {}: {}",
+                    r.commit_index(),
+                    diffs.join("; ")
                 ));
             }
         }

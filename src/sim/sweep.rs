@@ -17,7 +17,7 @@ use std::time::Instant;
 /// Seeds per sweep in release builds (the CI count).
 const SEEDS_RELEASE: u64 = 10_000;
 /// Seeds per sweep in debug builds.
-const SEEDS_DEBUG: u64 = 200;
+const SEEDS_DEBUG: u64 = 100;
 /// Threads the sweep runs on (the CI machine has two cores).
 const SWEEP_THREADS: usize = 2;
 /// Trace lines printed for a failing seed.
