@@ -22,6 +22,8 @@ pub(super) struct PromiseInfo {
     pub truncated: bool,
     /// The promiser's incarnation.
     pub incarnation: Incarnation,
+    /// The promiser's incarnation table.
+    pub table: BTreeMap<ReplicaId, Incarnation>,
 }
 
 /// A vote tally for one slot proposed in this epoch.
@@ -71,6 +73,8 @@ pub(super) struct ReadIndexWait {
 #[derive(Debug)]
 pub(super) struct Leadership {
     pub epoch: Epoch,
+    /// When this replica became leader of the epoch.
+    pub since: Millis,
     /// Set while recovery fetches chosen entries up to this commit index.
     pub recovering_to: Option<LogIndex>,
     /// The promises recovery works from, kept while it fetches.
@@ -110,6 +114,7 @@ impl Leadership {
     fn new(epoch: Epoch, now: Millis, progress_deadline: Millis) -> Leadership {
         Leadership {
             epoch,
+            since: now,
             recovering_to: None,
             promises: BTreeMap::new(),
             noop_index: None,
@@ -246,7 +251,13 @@ impl Replica {
     /// What we hold above `their_commit`, as a promise reports it.
     fn own_promise_info(&self, their_commit: LogIndex) -> PromiseInfo {
         let (entries, truncated) = self.entries_above(their_commit);
-        PromiseInfo { commit: self.commit, entries, truncated, incarnation: self.incarnation }
+        PromiseInfo {
+            commit: self.commit,
+            entries,
+            truncated,
+            incarnation: self.incarnation,
+            table: self.incarnations.clone(),
+        }
     }
 
     /// Every entry above `from`: the committed part capped at a few batches,
@@ -339,6 +350,13 @@ impl Replica {
         incarnations: BTreeMap<ReplicaId, Incarnation>,
         out: &mut Vec<Output>,
     ) {
+        if let Role::Leader(l) = &mut self.role {
+            // A late promise for our epoch still proves the promiser is live.
+            if l.epoch == epoch {
+                l.last_ack.insert(from, now);
+            }
+            return;
+        }
         let Role::Candidate(Campaign::Promises { epoch: ours, promises, .. }) = &mut self.role
         else {
             return;
@@ -346,15 +364,9 @@ impl Replica {
         if *ours != epoch {
             return;
         }
-        // A promise from an incarnation older than what another promiser
-        // reports for that replica was made by a wiped directory: discard it.
-        let reported = incarnations.get(&from).copied();
-        if reported.is_some_and(|r| r.counter > info.incarnation.counter) {
-            self.stats.dropped_messages += 1;
-            return;
-        }
-        promises.insert(from, info);
-        if promises.len() >= quorum::majority(self.cfg.n) {
+        promises.insert(from, PromiseInfo { table: incarnations, ..info });
+        let valid = valid_promises(promises, &self.incarnations);
+        if valid.len() >= quorum::majority(self.cfg.n) {
             self.become_leader(now, out);
         }
     }
@@ -411,6 +423,11 @@ impl Replica {
         assert_eq!(self.owner(epoch), self.cfg.id, "leading an epoch we do not own");
         let mut promises = promises;
         promises.insert(self.cfg.id, self.own_promise_info(self.commit));
+        // A promise made by an incarnation older than one that any promise (or
+        // our own table) reports for that replica came from a directory since
+        // wiped: it does not count, and its entries are not evidence.
+        let valid = valid_promises(&promises, &self.incarnations);
+        promises.retain(|id, _| valid.contains(id));
         self.stats.leaderships += 1;
         if let Some((start, _)) = self.stats.last_election {
             self.stats.last_election = Some((start, Some(now)));
@@ -508,6 +525,8 @@ impl Replica {
     /// may still commit under the next leader); writes never proposed get
     /// `ERR NOLEADER` (they are applied nowhere).
     pub(super) fn step_down(&mut self, now: Millis, out: &mut Vec<Output>) {
+        // Writes never proposed fail definitely: NOQUORUM when that is why.
+        let no_quorum = self.lacks_write_quorum(now).then(|| self.no_quorum(now));
         if let Role::Leader(l) = std::mem::replace(&mut self.role, Role::Follower) {
             let epoch = l.epoch;
             for (_, (waiter, _)) in l.waiters {
@@ -520,7 +539,8 @@ impl Replica {
             for q in l.queued {
                 let detail =
                     format!("leader {} left epoch {epoch}; write not proposed", self.cfg.id);
-                self.answer(q.waiter, Reply::Error(ClientError::NoLeader(detail)), out);
+                let err = no_quorum.clone().unwrap_or(ClientError::NoLeader(detail));
+                self.answer(q.waiter, Reply::Error(err), out);
             }
             for r in l.read_index {
                 let detail = format!("leader {} left epoch {epoch} during the read", self.cfg.id);
@@ -583,6 +603,26 @@ impl Replica {
             _ => panic!("leadership_mut on a non-leader"),
         }
     }
+}
+
+/// The promisers whose incarnation is the newest any promise, or `own`, reports.
+fn valid_promises(
+    promises: &BTreeMap<ReplicaId, PromiseInfo>,
+    own: &BTreeMap<ReplicaId, Incarnation>,
+) -> BTreeSet<ReplicaId> {
+    let mut newest: BTreeMap<ReplicaId, u64> = BTreeMap::new();
+    let tables = promises.values().map(|p| &p.table).chain(std::iter::once(own));
+    for table in tables {
+        for (id, inc) in table {
+            let n = newest.entry(*id).or_insert(0);
+            *n = (*n).max(inc.counter);
+        }
+    }
+    promises
+        .iter()
+        .filter(|(id, p)| p.incarnation.counter >= newest.get(id).copied().unwrap_or(0))
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn ids<V>(map: &BTreeMap<ReplicaId, V>) -> Vec<u8> {

@@ -87,6 +87,15 @@ pub enum PeerMsg {
     /// Committed entries in order from the requested index, and the sender's
     /// commit index. Empty when the sender has nothing past `from`.
     FetchResp { entries: Vec<(LogIndex, Entry)>, commit: LogIndex },
+    /// A learner asks what every replica records for its id (answered from any
+    /// incarnation, so a wiped replica learns the counter to beat).
+    Join,
+    /// A full member's answer to Join: its table entry for the learner's id.
+    JoinInfo { recorded: Option<Incarnation> },
+    /// A learner asks every replica to record its new incarnation (in the envelope).
+    Register,
+    /// Recorded durably; `promised` is the member's promised epoch.
+    Registered { promised: Epoch },
     /// Formation: the highest id proposes the cluster id and every incarnation.
     Form { cluster_id: u64, incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// Formation: recorded durably.
@@ -116,6 +125,10 @@ impl PeerMsg {
             PeerMsg::ReadResp { .. } => "read_resp",
             PeerMsg::FetchReq { .. } => "fetch_req",
             PeerMsg::FetchResp { .. } => "fetch_resp",
+            PeerMsg::Join => "join",
+            PeerMsg::JoinInfo { .. } => "join_info",
+            PeerMsg::Register => "register",
+            PeerMsg::Registered { .. } => "registered",
             PeerMsg::Form { .. } => "form",
             PeerMsg::FormAck { .. } => "form_ack",
             PeerMsg::Formed { .. } => "formed",

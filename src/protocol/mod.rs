@@ -257,8 +257,8 @@ pub struct Replica {
     commit_persisted: LogIndex,
     /// The highest commit index a leader told us about (catch-up target).
     catchup_to: LogIndex,
-    /// Logged once: our directory is blank but the cluster is formed.
-    blank_warned: bool,
+    /// A learner's progress towards full membership (DESIGN §6).
+    learning: Option<membership::Learning>,
 }
 
 impl Replica {
@@ -305,7 +305,7 @@ impl Replica {
             now: Millis(0),
             commit_persisted: durable.commit,
             catchup_to: LogIndex(0),
-            blank_warned: false,
+            learning: None,
             cfg,
         };
         // Every slot up to the recorded commit index was chosen; the log still
@@ -329,6 +329,10 @@ impl Replica {
             out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
         }
         self.incarnations.insert(self.cfg.id, self.incarnation);
+        if self.learner {
+            crate::qlog!("learner: restarted before promotion; rejoining");
+            self.begin_learning(now);
+        }
         // A restarted replica listens for a current leader for one election
         // timeout before it campaigns, so a restart does not depose a healthy leader.
         self.reset_election_deadline(now);
@@ -360,6 +364,7 @@ impl Replica {
         if !self.is_formed() {
             return;
         }
+        self.tick_learning(now, out);
         self.tick_election(now, out);
         self.tick_replication(now, out);
         self.tick_reads(now, out);
@@ -392,6 +397,11 @@ impl Replica {
         let from = env.from;
         if from == self.cfg.id || !self.peers.contains_key(&from) {
             self.stats.dropped_messages += 1;
+            return;
+        }
+        if matches!(env.msg, PeerMsg::Join) {
+            // Answered from any incarnation: a wiped replica learns the counter to beat.
+            self.on_join(from, out);
             return;
         }
         if self.is_stale_incarnation(from, env.incarnation) {
@@ -434,7 +444,13 @@ impl Replica {
                 self.on_coordinator(now, from, inc, epoch, commit, out)
             }
             PeerMsg::Promise { epoch, commit, entries, truncated, incarnations } => {
-                let info = election::PromiseInfo { commit, entries, truncated, incarnation: inc };
+                let info = election::PromiseInfo {
+                    commit,
+                    entries,
+                    truncated,
+                    incarnation: inc,
+                    table: BTreeMap::new(),
+                };
                 self.on_promise(now, from, epoch, info, incarnations, out)
             }
             PeerMsg::Refuse { epoch, promised } => self.on_refuse(now, epoch, promised, out),
@@ -458,6 +474,14 @@ impl Replica {
             PeerMsg::FetchReq { from: index } => self.on_fetch_req(from, index, out),
             PeerMsg::FetchResp { entries, commit } => {
                 self.on_fetch_resp(now, from, entries, commit, out)
+            }
+            PeerMsg::Join => self.on_join(from, out),
+            PeerMsg::JoinInfo { recorded } => {
+                self.on_join_info(now, from, env.learner, recorded, out)
+            }
+            PeerMsg::Register => self.on_register(from, inc, out),
+            PeerMsg::Registered { promised } => {
+                self.on_registered(now, from, env.learner, promised, out)
             }
             msg @ (PeerMsg::Form { .. } | PeerMsg::FormAck { .. } | PeerMsg::Formed { .. }) => {
                 self.on_formation_msg(now, from, msg, out)
@@ -526,7 +550,7 @@ impl Replica {
         // proposed that can never commit.
         if let Role::Leader(l) = &self.role {
             for (id, at) in &l.last_ack {
-                let link_up = self.peers.get(id).is_some_and(|p| p.link_up);
+                let link_up = self.peers.get(id).is_some_and(|p| p.link_up && !p.learner);
                 if now.since(*at) <= horizon && link_up {
                     live.insert(*id);
                 }
@@ -671,6 +695,9 @@ impl Replica {
                 " lag={}",
                 if lag.is_empty() { "-".into() } else { lag.join(",") }
             ));
+        }
+        if let Some(phase) = self.learning_phase() {
+            s.push_str(&format!(" learning={phase}"));
         }
         if let Some(c) = self.catchup_target() {
             s.push_str(&format!(" catchup={}/{}", self.commit, c));

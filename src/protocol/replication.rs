@@ -177,7 +177,8 @@ impl Replica {
         request: Request,
         out: &mut Vec<Output>,
     ) {
-        if self.lacks_write_quorum(now) {
+        let lacks_quorum = self.lacks_write_quorum(now);
+        if lacks_quorum && !self.is_settling(now) {
             let err = self.no_quorum(now);
             self.answer(waiter, Reply::Error(err), out);
             return;
@@ -185,7 +186,8 @@ impl Replica {
         let deadline = now.plus(self.cfg.request_timeout_ms);
         let serving = self.is_serving_leader();
         let l = self.leadership_mut();
-        if !serving || l.tallies.len() >= INFLIGHT_ENTRIES_MAX || !l.queued.is_empty() {
+        let full = l.tallies.len() >= INFLIGHT_ENTRIES_MAX;
+        if lacks_quorum || !serving || full || !l.queued.is_empty() {
             l.queued.push_back(QueuedWrite { waiter, request, deadline });
             return;
         }
@@ -448,6 +450,7 @@ impl Replica {
             }
             self.maybe_finish_recovery(now, out);
             self.check_read_index(out);
+            self.maybe_promote(out);
         }
     }
 
@@ -660,8 +663,15 @@ impl Replica {
         progress: Option<(LogIndex, LogIndex)>,
         out: &mut Vec<Output>,
     ) {
-        if self.owner(epoch) != from || self.learner {
+        if self.owner(epoch) != from {
             self.stats.dropped_messages += 1;
+            return;
+        }
+        if self.learner {
+            // A learner's ack must not count as liveness: it only catches up.
+            if epoch >= self.promise {
+                self.learner_heartbeat(now, from, epoch, progress, out);
+            }
             return;
         }
         let ack = PeerMsg::HeartbeatAck { epoch, seq, commit: self.commit };
@@ -714,8 +724,9 @@ impl Replica {
         commit: LogIndex,
         out: &mut Vec<Output>,
     ) {
+        let from_learner = self.peers.get(&from).is_some_and(|p| p.learner);
         let Role::Leader(l) = &mut self.role else { return };
-        if l.epoch != epoch {
+        if l.epoch != epoch || from_learner {
             return;
         }
         l.last_ack.insert(from, now);
@@ -782,8 +793,21 @@ impl Replica {
         }
     }
 
+    /// True for one election timeout after becoming leader: replicas that
+    /// promised late or were not asked have not answered a heartbeat yet, so a
+    /// missing write quorum is not yet evidence; writes wait instead of failing.
+    pub(super) fn is_settling(&self, now: Millis) -> bool {
+        match &self.role {
+            Role::Leader(l) => now.since(l.since) < self.cfg.election_timeout_ms,
+            _ => false,
+        }
+    }
+
     fn tick_leader_writes(&mut self, now: Millis, out: &mut Vec<Output>) {
         let serving = self.is_serving_leader();
+        let lacks_quorum = self.lacks_write_quorum(now);
+        let refuse = lacks_quorum && !self.is_settling(now);
+        let no_quorum = self.no_quorum(now);
         let request_timeout_ms = self.cfg.request_timeout_ms;
         let l = self.leadership_mut();
         let expired: Vec<LogIndex> =
@@ -799,10 +823,13 @@ impl Replica {
         let mut keep = std::collections::VecDeque::new();
         let mut ready = Vec::new();
         while let Some(q) = l.queued.pop_front() {
-            if now >= q.deadline {
+            if refuse {
+                answers.push((q.waiter, Reply::Error(no_quorum.clone())));
+            } else if now >= q.deadline {
                 let detail = format!("write not proposed within {request_timeout_ms}ms");
                 answers.push((q.waiter, Reply::Error(ClientError::NoLeader(detail))));
             } else if serving
+                && !lacks_quorum
                 && l.tallies.len() + ready.len() < INFLIGHT_ENTRIES_MAX
                 && keep.is_empty()
             {
