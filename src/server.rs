@@ -18,6 +18,7 @@ use crate::protocol::message::Envelope;
 use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
 use crate::storage::wal::DiskStorage;
+use crate::storage::Storage;
 use crate::transport::{self, ConnId, Event, PeerSenders, TransportConfig};
 use crate::{qlog, wire};
 use crossbeam_channel::{select, Sender};
@@ -61,6 +62,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
+    let events_tx_for_signals = events_tx.clone();
     let tcfg = transport_config(&cfg, cluster_id.clone());
     let listen = tcfg.listen.clone();
     let peers =
@@ -72,6 +74,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.read_quorum
     );
     let mut event_loop = EventLoop {
+        request_timeout_ms: cfg.request_timeout_ms,
         replica,
         storage,
         net: ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() },
@@ -79,7 +82,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         next_req: 1,
         cluster_id,
         out: Vec::new(),
+        shutdown_deadline: None,
     };
+    watch_signals(events_tx_for_signals)?;
     let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
     let ticker = crossbeam_channel::tick(Duration::from_millis(tick_ms));
     event_loop.start()?;
@@ -98,7 +103,27 @@ pub fn run(cfg: Config) -> Result<(), String> {
             }
         }
         event_loop.finish_batch()?;
+        if event_loop.is_done() {
+            return event_loop.finish_shutdown();
+        }
     }
+}
+
+/// SIGTERM and SIGINT become `Event::Shutdown` for the loop (a clean stop:
+/// in-flight requests finish or fail, the log is synced, exit 0).
+fn watch_signals(events_tx: Sender<Event>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = events_tx.send(Event::Shutdown);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }
 
 fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig {
@@ -150,6 +175,7 @@ pub fn help_lines(cfg: &Config) -> Vec<String> {
 
 /// The loop's state: the replica, its storage, and where replies go.
 struct EventLoop {
+    request_timeout_ms: u64,
     replica: Replica,
     storage: DiskStorage,
     net: ServerNet,
@@ -157,7 +183,12 @@ struct EventLoop {
     next_req: u64,
     cluster_id: Arc<AtomicU64>,
     out: Vec<Output>,
+    /// Set by SIGTERM: in-flight requests get until then to finish.
+    shutdown_deadline: Option<Millis>,
 }
+
+/// How long a shutting-down replica waits for requests already in flight.
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 2_000;
 
 impl EventLoop {
     fn now(&self) -> Millis {
@@ -188,7 +219,41 @@ impl EventLoop {
                 self.net.clients.remove(&conn);
             }
             Event::Client { conn, seq, request } => self.on_client(now, conn, seq, request),
+            Event::Shutdown => {
+                if self.shutdown_deadline.is_none() {
+                    let grace = SHUTDOWN_GRACE_MS_MAX.min(self.request_timeout_ms);
+                    qlog!(
+                        "shutdown requested; finishing {} requests in flight",
+                        self.net.pending.len()
+                    );
+                    self.shutdown_deadline = Some(now.plus(grace));
+                }
+            }
         }
+    }
+
+    /// True once a shutdown was asked for and nothing is in flight (or the grace ran out).
+    fn is_done(&self) -> bool {
+        self.shutdown_deadline
+            .is_some_and(|deadline| self.net.pending.is_empty() || self.now() >= deadline)
+    }
+
+    /// Fails what is still in flight, syncs, and lets client writers drain.
+    fn finish_shutdown(&mut self) -> Result<(), String> {
+        let pending: Vec<(ReqId, (ConnId, u64))> =
+            std::mem::take(&mut self.net.pending).into_iter().collect();
+        for (_, (conn, seq)) in pending {
+            let detail =
+                "replica shut down before the answer; a write may or may not have committed";
+            self.net.send_reply(conn, seq, Reply::Error(ClientError::Timeout(detail.into())));
+        }
+        self.storage.sync().map_err(|e| format!("final sync failed: {e}"))?;
+        self.net.clients.clear();
+        // Client writer threads hold the replies already queued; give them a
+        // moment to write before the process exits.
+        std::thread::sleep(Duration::from_millis(50));
+        qlog!("shut down cleanly (commit index {})", self.replica.commit_index());
+        Ok(())
     }
 
     fn on_client(&mut self, now: Millis, conn: ConnId, seq: u64, request: Request) {
@@ -202,6 +267,11 @@ impl EventLoop {
         };
         if let Some(reply) = local {
             self.net.send_reply(conn, seq, reply);
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            let err = ClientError::Shutdown("replica is shutting down; try another".into());
+            self.net.send_reply(conn, seq, Reply::Error(err));
             return;
         }
         let req = ReqId(self.next_req);

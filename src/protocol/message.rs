@@ -30,6 +30,7 @@ pub struct ReadAnswer {
     /// Log index of the PUT/CAS that last wrote the key; 0 when absent.
     pub version: u64,
     /// The applied value (empty when absent).
+    #[serde(with = "super::types::value_bytes")]
     pub value: Vec<u8>,
     /// True when the replica holds an entry for the key above its applied index.
     pub pending: bool,

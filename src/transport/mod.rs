@@ -93,6 +93,8 @@ pub enum Event {
     Client { conn: ConnId, seq: u64, request: Request },
     /// The client connection is gone; drop its pending replies.
     ClientClosed { conn: ConnId },
+    /// SIGTERM or SIGINT: finish what is in flight, sync, exit 0.
+    Shutdown,
 }
 
 /// What the transport needs to know, taken from the replica's `Config`.
