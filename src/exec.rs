@@ -67,6 +67,7 @@ pub fn execute(
                 done.replies += 1;
                 net.reply(req, reply);
             }
+            Output::SaveSnapshot(snapshot) => storage.save_snapshot(snapshot)?,
         }
     }
     Ok(done)
@@ -92,6 +93,16 @@ mod tests {
         fn sync(&mut self) -> storage::Result<()> {
             self.events.push("sync".into());
             Ok(())
+        }
+        fn save_snapshot(
+            &mut self,
+            snapshot: std::sync::Arc<crate::protocol::durable::Snapshot>,
+        ) -> storage::Result<()> {
+            self.events.push(format!("snapshot {}", snapshot.index));
+            Ok(())
+        }
+        fn snapshot_saved(&mut self) -> storage::Result<Option<crate::protocol::types::LogIndex>> {
+            Ok(None)
         }
     }
     struct Net<'a>(&'a mut Vec<String>);

@@ -53,6 +53,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         heartbeat_ms: cfg.heartbeat_ms,
         election_timeout_ms: cfg.election_timeout_ms,
         request_timeout_ms: cfg.request_timeout_ms,
+        snapshot_every_entries: cfg.snapshot_every_entries,
     };
     let replica = Replica::new(pcfg, durable, seed, boot);
     qlog!(
@@ -75,6 +76,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     let mut event_loop = EventLoop {
         request_timeout_ms: cfg.request_timeout_ms,
+        wal_segment_bytes: cfg.wal_segment_bytes,
         replica,
         storage,
         net: ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() },
@@ -176,6 +178,8 @@ pub fn help_lines(cfg: &Config) -> Vec<String> {
 /// The loop's state: the replica, its storage, and where replies go.
 struct EventLoop {
     request_timeout_ms: u64,
+    /// `--wal-segment-bytes`: a log segment this large asks for a snapshot.
+    wal_segment_bytes: u64,
     replica: Replica,
     storage: DiskStorage,
     net: ServerNet,
@@ -295,6 +299,13 @@ impl EventLoop {
     /// Flushes the batch, runs its outputs (one fsync), refreshes the log prefix.
     fn finish_batch(&mut self) -> Result<(), String> {
         let now = self.now();
+        let saved = self.storage.snapshot_saved().map_err(|e| format!("snapshot failed, stopping: {e}"))?;
+        if let Some(index) = saved {
+            self.replica.step(now, Input::SnapshotSaved(index), &mut self.out);
+        }
+        if self.storage.segment_bytes() > self.wal_segment_bytes {
+            self.replica.request_snapshot();
+        }
         self.replica.flush(now, &mut self.out);
         exec::execute(&mut self.out, &mut self.storage, &mut self.net)
             .map_err(|e| format!("storage failed, stopping: {e}"))?;

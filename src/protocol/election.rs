@@ -265,7 +265,9 @@ impl Replica {
     fn entries_above(&self, from: LogIndex) -> (Vec<(LogIndex, Entry)>, bool) {
         let cap = 4 * BATCH_ENTRIES_MAX;
         let mut entries = Vec::new();
-        let mut truncated = false;
+        // Committed entries compacted into a snapshot cannot be sent: the
+        // winner fetches them (and gets the snapshot).
+        let mut truncated = from < self.snapshot_index;
         for (index, entry) in self.log.range(from.next()..) {
             if *index <= self.commit && entries.len() >= cap {
                 truncated = true;

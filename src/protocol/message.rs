@@ -36,6 +36,16 @@ pub struct ReadAnswer {
     pub pending: bool,
 }
 
+/// One key of a snapshot chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotItem {
+    pub key: String,
+    /// The key's version (the index of the write that set it).
+    pub version: u64,
+    #[serde(with = "super::types::value_bytes")]
+    pub value: Vec<u8>,
+}
+
 /// Every message one replica sends another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMsg {
@@ -88,6 +98,12 @@ pub enum PeerMsg {
     /// Committed entries in order from the requested index, and the sender's
     /// commit index. Empty when the sender has nothing past `from`.
     FetchResp { entries: Vec<(LogIndex, Entry)>, commit: LogIndex },
+    /// Catch-up by snapshot: keys of the snapshot at `index` after key `after`
+    /// (from the first key when None); `done` on the last chunk.
+    SnapshotChunk { index: LogIndex, after: Option<String>, items: Vec<SnapshotItem>, done: bool },
+    /// The receiver asks for the chunk after `after` of snapshot `index`
+    /// (index 0: start a new transfer).
+    SnapshotReq { index: LogIndex, after: Option<String> },
     /// A learner asks what every replica records for its id (answered from any
     /// incarnation, so a wiped replica learns the counter to beat).
     Join,
@@ -126,6 +142,8 @@ impl PeerMsg {
             PeerMsg::ReadResp { .. } => "read_resp",
             PeerMsg::FetchReq { .. } => "fetch_req",
             PeerMsg::FetchResp { .. } => "fetch_resp",
+            PeerMsg::SnapshotChunk { .. } => "snapshot_chunk",
+            PeerMsg::SnapshotReq { .. } => "snapshot_req",
             PeerMsg::Join => "join",
             PeerMsg::JoinInfo { .. } => "join_info",
             PeerMsg::Register => "register",

@@ -58,6 +58,7 @@ pub mod message;
 pub mod quorum;
 mod reads;
 mod replication;
+mod snapshot;
 pub mod types;
 
 use crate::client::{ClientError, Reply, Request};
@@ -94,6 +95,8 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// A client request gets an answer within this time (`ERR TIMEOUT` at worst).
     pub request_timeout_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_every_entries: u64,
 }
 
 impl Config {
@@ -116,6 +119,8 @@ pub enum Input {
     LinkUp(ReplicaId),
     /// A link with this peer broke (EOF or error, as after kill -9).
     LinkDown(ReplicaId),
+    /// A snapshot asked for with `Output::SaveSnapshot` is durable.
+    SnapshotSaved(LogIndex),
 }
 
 /// One thing the executor must do, in order.
@@ -127,6 +132,8 @@ pub enum Output {
     Send { to: Vec<ReplicaId>, env: Envelope },
     /// Answer a client request.
     Reply { req: ReqId, reply: Reply },
+    /// Save this snapshot; report `Input::SnapshotSaved` when it is durable.
+    SaveSnapshot(std::sync::Arc<durable::Snapshot>),
 }
 
 /// Who is waiting for a write's outcome.
@@ -194,6 +201,8 @@ pub struct Stats {
     pub read_fallbacks: u64,
     /// Entries installed through catch-up.
     pub caught_up_entries: u64,
+    /// Snapshots installed through catch-up.
+    pub snapshots_installed: u64,
     /// When the last election began and ended, and who won (for STATUS).
     pub last_election: Option<(Millis, Option<Millis>)>,
 }
@@ -259,6 +268,16 @@ pub struct Replica {
     catchup_to: LogIndex,
     /// A learner's progress towards full membership (DESIGN §6).
     learning: Option<membership::Learning>,
+    /// The log holds no entries at or below this index (a snapshot covers them).
+    snapshot_index: LogIndex,
+    /// A snapshot save in flight, by index.
+    snapshot_pending: Option<LogIndex>,
+    /// Snapshot at the next flush regardless of the interval.
+    snapshot_requested: bool,
+    /// Snapshots being sent, per receiver.
+    outgoing: BTreeMap<ReplicaId, snapshot::Outgoing>,
+    /// A snapshot being received.
+    incoming: Option<snapshot::Incoming>,
 }
 
 impl Replica {
@@ -306,12 +325,24 @@ impl Replica {
             commit_persisted: durable.commit,
             catchup_to: LogIndex(0),
             learning: None,
+            snapshot_index: LogIndex(0),
+            snapshot_pending: None,
+            snapshot_requested: false,
+            outgoing: BTreeMap::new(),
+            incoming: None,
             cfg,
         };
+        if let Some(snap) = durable.snapshot {
+            replica.store = snap.store;
+            replica.commit = snap.index;
+            replica.applied = snap.index;
+            replica.snapshot_index = snap.index;
+            replica.log.retain(|i, _| *i > snap.index);
+        }
         // Every slot up to the recorded commit index was chosen; the log still
         // holds them all (no compaction yet), so re-apply them in order.
         let recorded = durable.commit;
-        let mut index = LogIndex(1);
+        let mut index = replica.commit.next();
         while index <= recorded && replica.log.contains_key(&index) {
             replica.commit = index;
             index = index.next();
@@ -347,6 +378,7 @@ impl Replica {
             Input::Client { req, request } => self.on_client(now, req, request, out),
             Input::LinkUp(id) => self.on_link_up(now, id, out),
             Input::LinkDown(id) => self.on_link_down(now, id),
+            Input::SnapshotSaved(index) => self.on_snapshot_saved(index, out),
         }
     }
 
@@ -357,6 +389,7 @@ impl Replica {
         self.flush_proposals(now, out);
         self.flush_votes(out);
         self.flush_commits(out);
+        self.maybe_snapshot(out);
     }
 
     fn on_tick(&mut self, now: Millis, out: &mut Vec<Output>) {
@@ -368,6 +401,7 @@ impl Replica {
         self.tick_election(now, out);
         self.tick_replication(now, out);
         self.tick_reads(now, out);
+        self.tick_snapshots(now);
     }
 
     fn on_link_up(&mut self, now: Millis, id: ReplicaId, out: &mut Vec<Output>) {
@@ -471,10 +505,14 @@ impl Replica {
             PeerMsg::ForwardReply { req, reply } => self.on_forward_reply(req, reply, out),
             PeerMsg::ReadReq { read, key } => self.on_read_req(from, read, key, out),
             PeerMsg::ReadResp { read, answer } => self.on_read_resp(now, from, read, answer, out),
-            PeerMsg::FetchReq { from: index } => self.on_fetch_req(from, index, out),
+            PeerMsg::FetchReq { from: index } => self.on_fetch_req(now, from, index, out),
             PeerMsg::FetchResp { entries, commit } => {
                 self.on_fetch_resp(now, from, entries, commit, out)
             }
+            PeerMsg::SnapshotChunk { index, after, items, done } => {
+                self.on_snapshot_chunk(now, from, index, after, items, done, out)
+            }
+            PeerMsg::SnapshotReq { index, after } => self.on_snapshot_req(now, from, index, after, out),
             PeerMsg::Join => self.on_join(from, out),
             PeerMsg::JoinInfo { recorded } => {
                 self.on_join_info(now, from, env.learner, recorded, out)

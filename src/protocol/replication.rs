@@ -334,8 +334,10 @@ impl Replica {
                 continue;
             }
             if index <= self.commit {
-                let held = self.log.get(&index).map(|e| e.id);
-                assert_eq!(held, Some(entry.id), "chosen slot {index} would change its entry id");
+                if index > self.snapshot_index {
+                    let held = self.log.get(&index).map(|e| e.id);
+                    assert_eq!(held, Some(entry.id), "chosen slot {index} would change its entry id");
+                }
                 accepted.push(index);
                 continue;
             }
@@ -445,13 +447,25 @@ impl Replica {
         }
         if self.commit > before {
             self.apply_committed(out);
-            if let Role::Leader(l) = &mut self.role {
-                l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
-            }
-            self.maybe_finish_recovery(now, out);
-            self.check_read_index(out);
-            self.maybe_promote(out);
+            self.after_commit_moved(now, out);
         }
+    }
+
+    /// Everything that waits for the commit index to move.
+    fn after_commit_moved(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if let Role::Leader(l) = &mut self.role {
+            l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
+        }
+        self.maybe_finish_recovery(now, out);
+        self.check_read_index(out);
+        self.maybe_promote(out);
+    }
+
+    /// The commit index jumped (a snapshot was installed): run what waits for
+    /// it, then commit whatever chosen entries follow.
+    pub(super) fn after_commit_jump(&mut self, now: Millis, out: &mut Vec<Output>) {
+        self.after_commit_moved(now, out);
+        self.advance_commit(now, out);
     }
 
     /// Applies committed slots in order and answers their waiters (leader).
@@ -512,14 +526,25 @@ impl Replica {
 
     /// Asks `from` for committed entries past our commit index, one request at a time.
     pub(super) fn request_fetch(&mut self, now: Millis, from: ReplicaId, out: &mut Vec<Output>) {
-        if self.fetch.is_some_and(|(_, deadline)| now < deadline) {
+        if self.fetch.is_some_and(|(_, deadline)| now < deadline) || self.incoming.is_some() {
             return;
         }
         self.fetch = Some((from, now.plus(self.cfg.election_timeout_ms)));
         self.send(vec![from], PeerMsg::FetchReq { from: self.commit.next() }, out);
     }
 
-    pub(super) fn on_fetch_req(&mut self, from: ReplicaId, index: LogIndex, out: &mut Vec<Output>) {
+    pub(super) fn on_fetch_req(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        index: LogIndex,
+        out: &mut Vec<Output>,
+    ) {
+        if index <= self.snapshot_index && index <= self.commit {
+            // Compacted away: the store itself is the catch-up.
+            self.start_snapshot_transfer(now, from, out);
+            return;
+        }
         let entries: Vec<(LogIndex, Entry)> = if index <= self.commit && index.0 > 0 {
             self.log
                 .range(index..=self.commit)

@@ -7,7 +7,9 @@
 
 pub mod wal;
 
-use crate::protocol::durable::Persist;
+use crate::protocol::durable::{Persist, Snapshot};
+use crate::protocol::types::LogIndex;
+use std::sync::Arc;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -17,6 +19,11 @@ pub trait Storage {
     fn persist(&mut self, op: &Persist) -> Result<()>;
     /// Makes every op written so far durable (a no-op under `--fsync never`).
     fn sync(&mut self) -> Result<()>;
+    /// Starts saving a snapshot (durably, atomically); may finish later.
+    /// At most one save is in flight at a time.
+    fn save_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Result<()>;
+    /// The index of a snapshot whose save finished since the last call.
+    fn snapshot_saved(&mut self) -> Result<Option<LogIndex>>;
 }
 
 /// `--fsync always|never`.
