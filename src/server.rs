@@ -299,7 +299,8 @@ impl EventLoop {
     /// Flushes the batch, runs its outputs (one fsync), refreshes the log prefix.
     fn finish_batch(&mut self) -> Result<(), String> {
         let now = self.now();
-        let saved = self.storage.snapshot_saved().map_err(|e| format!("snapshot failed, stopping: {e}"))?;
+        let saved =
+            self.storage.snapshot_saved().map_err(|e| format!("snapshot failed, stopping: {e}"))?;
         if let Some(index) = saved {
             self.replica.step(now, Input::SnapshotSaved(index), &mut self.out);
         }

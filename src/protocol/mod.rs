@@ -512,7 +512,9 @@ impl Replica {
             PeerMsg::SnapshotChunk { index, after, items, done } => {
                 self.on_snapshot_chunk(now, from, index, after, items, done, out)
             }
-            PeerMsg::SnapshotReq { index, after } => self.on_snapshot_req(now, from, index, after, out),
+            PeerMsg::SnapshotReq { index, after } => {
+                self.on_snapshot_req(now, from, index, after, out)
+            }
             PeerMsg::Join => self.on_join(from, out),
             PeerMsg::JoinInfo { recorded } => {
                 self.on_join_info(now, from, env.learner, recorded, out)

@@ -336,7 +336,11 @@ impl Replica {
             if index <= self.commit {
                 if index > self.snapshot_index {
                     let held = self.log.get(&index).map(|e| e.id);
-                    assert_eq!(held, Some(entry.id), "chosen slot {index} would change its entry id");
+                    assert_eq!(
+                        held,
+                        Some(entry.id),
+                        "chosen slot {index} would change its entry id"
+                    );
                 }
                 accepted.push(index);
                 continue;

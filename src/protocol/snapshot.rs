@@ -49,7 +49,8 @@ impl Replica {
         if self.snapshot_pending.is_some() || self.learner {
             return;
         }
-        let due = self.applied.0.saturating_sub(self.snapshot_index.0) >= self.cfg.snapshot_every_entries;
+        let due =
+            self.applied.0.saturating_sub(self.snapshot_index.0) >= self.cfg.snapshot_every_entries;
         if !(due || self.snapshot_requested) || self.applied <= self.snapshot_index {
             return;
         }
@@ -94,14 +95,25 @@ impl Replica {
     }
 
     /// A fetch reached below our log: send our store instead, from the start.
-    pub(super) fn start_snapshot_transfer(&mut self, now: Millis, to: ReplicaId, out: &mut Vec<Output>) {
+    pub(super) fn start_snapshot_transfer(
+        &mut self,
+        now: Millis,
+        to: ReplicaId,
+        out: &mut Vec<Output>,
+    ) {
         let fresh = match self.outgoing.get(&to) {
-            Some(o) => o.image.index < self.applied && now.since(o.used_at) > self.cfg.election_timeout_ms,
+            Some(o) => {
+                o.image.index < self.applied && now.since(o.used_at) > self.cfg.election_timeout_ms
+            }
             None => true,
         };
         if fresh {
             let image = Arc::new(Snapshot { index: self.applied, store: self.store.clone() });
-            crate::qlog!("catch-up: sending snapshot at {} ({} keys) to {to}", image.index, image.store.len());
+            crate::qlog!(
+                "catch-up: sending snapshot at {} ({} keys) to {to}",
+                image.index,
+                image.store.len()
+            );
             self.outgoing.insert(to, Outgoing { image, used_at: now });
         }
         self.send_snapshot_chunk(now, to, None, out);
@@ -122,7 +134,13 @@ impl Replica {
         }
     }
 
-    fn send_snapshot_chunk(&mut self, now: Millis, to: ReplicaId, after: Option<String>, out: &mut Vec<Output>) {
+    fn send_snapshot_chunk(
+        &mut self,
+        now: Millis,
+        to: ReplicaId,
+        after: Option<String>,
+        out: &mut Vec<Output>,
+    ) {
         let Some(o) = self.outgoing.get_mut(&to) else { return };
         o.used_at = now;
         let image = o.image.clone();
@@ -172,7 +190,11 @@ impl Replica {
         if !continues {
             if after.is_some() {
                 // A chunk from the middle of a transfer we do not hold: start over.
-                self.send(vec![from], PeerMsg::SnapshotReq { index: LogIndex(0), after: None }, out);
+                self.send(
+                    vec![from],
+                    PeerMsg::SnapshotReq { index: LogIndex(0), after: None },
+                    out,
+                );
                 return;
             }
             if self.incoming.is_none() {

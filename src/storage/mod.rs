@@ -9,9 +9,9 @@ pub mod wal;
 
 use crate::protocol::durable::{Persist, Snapshot};
 use crate::protocol::types::LogIndex;
-use std::sync::Arc;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where `Persist` ops go.
 pub trait Storage {

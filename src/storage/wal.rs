@@ -495,7 +495,10 @@ impl DiskStorage {
 }
 
 impl Storage for DiskStorage {
-    fn save_snapshot(&mut self, snapshot: std::sync::Arc<crate::protocol::durable::Snapshot>) -> Result<()> {
+    fn save_snapshot(
+        &mut self,
+        snapshot: std::sync::Arc<crate::protocol::durable::Snapshot>,
+    ) -> Result<()> {
         // Snapshots on disk come next; until then a save never completes and
         // the log is never compacted.
         let _ = snapshot;
@@ -848,6 +851,7 @@ mod tests {
             Persist::Incarnations(_) => "Incarnations",
             Persist::Formation(_) => "Formation",
             Persist::Learner(_) => "Learner",
+            Persist::Checkpoint(_) => "Checkpoint",
         }
     }
 
