@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod exec;

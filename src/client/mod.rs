@@ -42,6 +42,9 @@ pub enum Request {
     Status,
     /// `METRICS`: Prometheus text, then `END`.
     Metrics,
+    /// `DUMP`: every key as a JSON line, consistent at one commit index, then
+    /// `END` (what `quorumkv dump` uses for backups).
+    Dump,
     /// `HELP`: commands, limits and quorum sizes, then `END`.
     Help,
     /// `QUIT`: `BYE`, then the connection closes.

@@ -56,12 +56,23 @@ pub(super) enum Dedup {
     Done(Reply, Millis),
 }
 
+/// What a read-index read answers once confirmed.
+#[derive(Debug)]
+pub(super) enum ReadKind {
+    /// GET (or GETV with the version) of one key.
+    Key { key: String, with_version: bool },
+    /// DUMP on the leader itself: the whole store.
+    Dump,
+    /// A follower's DUMP: just the confirmed commit index (as `Reply::Written`);
+    /// the follower dumps its own store once it has applied that far.
+    Barrier,
+}
+
 /// A leader-fallback read waiting for its heartbeat round (DESIGN §5).
 #[derive(Debug)]
 pub(super) struct ReadIndexWait {
     pub waiter: Waiter,
-    pub key: String,
-    pub with_version: bool,
+    pub kind: ReadKind,
     /// The heartbeat round that must be acknowledged by a majority.
     pub seq: u64,
     /// The commit index at arrival; answer once applied reaches it.

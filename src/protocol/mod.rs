@@ -56,7 +56,7 @@ mod election;
 mod membership;
 pub mod message;
 pub mod quorum;
-mod reads;
+pub mod reads;
 mod replication;
 mod snapshot;
 pub mod types;
@@ -278,6 +278,8 @@ pub struct Replica {
     outgoing: BTreeMap<ReplicaId, snapshot::Outgoing>,
     /// A snapshot being received.
     incoming: Option<snapshot::Incoming>,
+    /// Follower DUMPs waiting to apply up to the leader-confirmed index.
+    barriers: Vec<(ReqId, LogIndex)>,
 }
 
 impl Replica {
@@ -330,6 +332,7 @@ impl Replica {
             snapshot_requested: false,
             outgoing: BTreeMap::new(),
             incoming: None,
+            barriers: Vec::new(),
             cfg,
         };
         if let Some(snap) = durable.snapshot {
@@ -541,6 +544,7 @@ impl Replica {
             }
             Request::Get { key } => self.start_read(now, req, key, false, out),
             Request::GetV { key } => self.start_read(now, req, key, true, out),
+            Request::Dump => self.start_dump(now, req, out),
             Request::Status | Request::Metrics | Request::Help | Request::Quit => {
                 let detail = "not a replicated command".to_string();
                 reply(out, req, Reply::Error(ClientError::BadCmd(detail)))

@@ -2,7 +2,7 @@
 //! index order → apply → reply → COMMIT; forwarding from followers; fetching
 //! committed entries a replica missed.
 
-use super::election::{Dedup, DedupKey, QueuedWrite, Tally};
+use super::election::{Dedup, DedupKey, QueuedWrite, ReadKind, Tally};
 use super::message::PeerMsg;
 use super::types::{
     Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId, ReqId,
@@ -19,6 +19,8 @@ pub(super) enum Origin {
     Client(ReqId),
     /// A quorum read that fell back to the leader (by read id).
     Read(u64),
+    /// A follower's DUMP waiting for the leader to confirm a commit index.
+    Barrier(ReqId),
 }
 
 /// A write (or fallback read) forwarded to the leader of `epoch`.
@@ -118,6 +120,7 @@ impl Replica {
         match origin {
             Origin::Client(req) => reply(out, req, answer),
             Origin::Read(read) => self.finish_fallback_read(read, answer, out),
+            Origin::Barrier(req) => self.barrier_confirmed(req, answer, out),
         }
     }
 
@@ -149,10 +152,14 @@ impl Replica {
             return;
         }
         let waiter = Waiter::Remote { from, boot, req };
-        match request {
-            Request::Get { key } => return self.read_index(now, waiter, key, false, out),
-            Request::GetV { key } => return self.read_index(now, waiter, key, true, out),
-            _ => {}
+        let kind = match &request {
+            Request::Get { key } => Some(ReadKind::Key { key: key.clone(), with_version: false }),
+            Request::GetV { key } => Some(ReadKind::Key { key: key.clone(), with_version: true }),
+            Request::Dump => Some(ReadKind::Barrier),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            return self.read_index(now, waiter, kind, out);
         }
         let key: DedupKey = (from, boot, req.0);
         match l.dedup.get(&key) {
@@ -462,6 +469,7 @@ impl Replica {
         }
         self.maybe_finish_recovery(now, out);
         self.check_read_index(out);
+        self.check_barriers(out);
         self.maybe_promote(out);
     }
 
