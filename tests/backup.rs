@@ -2,6 +2,7 @@
 //! `quorumkv load` restores a dump into a new, empty cluster and refuses a
 //! cluster that already holds keys.
 
+#[allow(dead_code)]
 mod common;
 
 use driver::cluster::Cluster;
