@@ -7,7 +7,7 @@
 
 use super::message::PeerMsg;
 use super::types::{Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId};
-use super::{quorum, Campaign, Output, Replica, Role, Waiter, BATCH_ENTRIES_MAX};
+use super::{quorum, Campaign, ElectionRecord, Output, Replica, Role, Waiter, BATCH_ENTRIES_MAX};
 use crate::client::{ClientError, Reply, Request};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -211,10 +211,9 @@ impl Replica {
         }
         if !matches!(self.role, Role::Candidate(_)) {
             self.stats.elections_started += 1;
-            self.stats.last_election = Some((now, None));
             crate::qlog!("election: starting (epoch {}, leader silent or lost)", self.promise);
         }
-        self.lose_leader(out);
+        self.lose_leader(now, out);
         let me = self.cfg.id;
         let higher: Vec<ReplicaId> = self
             .peers
@@ -419,7 +418,7 @@ impl Replica {
             }
             Role::Follower => {
                 if self.leader.is_some_and(|(_, e)| e < epoch) {
-                    self.lose_leader(out);
+                    self.lose_leader(now, out);
                 }
             }
         }
@@ -442,9 +441,7 @@ impl Replica {
         let valid = valid_promises(&promises, &self.incarnations);
         promises.retain(|id, _| valid.contains(id));
         self.stats.leaderships += 1;
-        if let Some((start, _)) = self.stats.last_election {
-            self.stats.last_election = Some((start, Some(now)));
-        }
+        self.close_election(now, self.cfg.id, epoch);
         self.leader = Some((self.cfg.id, epoch));
         let deadline = now.plus(self.cfg.election_timeout_ms);
         let mut leadership = Leadership::new(epoch, now, deadline);
@@ -579,11 +576,9 @@ impl Replica {
         out: &mut Vec<Output>,
     ) {
         if self.leader != Some((from, epoch)) {
-            self.lose_leader(out);
+            self.lose_leader(now, out);
             crate::qlog!("following leader {from} in epoch {epoch}");
-            if let Some((start, None)) = self.stats.last_election {
-                self.stats.last_election = Some((start, Some(now)));
-            }
+            self.close_election(now, from, epoch);
         }
         self.role = Role::Follower;
         self.leader = Some((from, epoch));
@@ -592,10 +587,31 @@ impl Replica {
     }
 
     /// Drops the current leader: forwards sent to it can no longer be answered.
-    pub(super) fn lose_leader(&mut self, out: &mut Vec<Output>) {
+    pub(super) fn lose_leader(&mut self, now: Millis, out: &mut Vec<Output>) {
         if let Some((id, epoch)) = self.leader.take() {
             self.fail_forwards(id, epoch, out);
         }
+        self.open_election(now);
+    }
+
+    /// Starts timing an election unless one is already open.
+    pub(super) fn open_election(&mut self, now: Millis) {
+        if self.stats.last_election.is_none_or(|e| e.ended.is_some()) {
+            let record =
+                ElectionRecord { started: now, ended: None, winner: None, epoch: Epoch(0) };
+            self.stats.last_election = Some(record);
+        }
+    }
+
+    /// A new leader is known: the open election ended.
+    fn close_election(&mut self, now: Millis, winner: ReplicaId, epoch: Epoch) {
+        self.stats.leader_changes += 1;
+        let started = match self.stats.last_election {
+            Some(e) if e.ended.is_none() => e.started,
+            _ => now,
+        };
+        let record = ElectionRecord { started, ended: Some(now), winner: Some(winner), epoch };
+        self.stats.last_election = Some(record);
     }
 
     /// True when `inc` is older than what we record for `from` (or the same

@@ -203,8 +203,24 @@ pub struct Stats {
     pub caught_up_entries: u64,
     /// Snapshots installed through catch-up.
     pub snapshots_installed: u64,
-    /// When the last election began and ended, and who won (for STATUS).
-    pub last_election: Option<(Millis, Option<Millis>)>,
+    /// Leader changes this replica saw (it followed or became a new leader).
+    pub leader_changes: u64,
+    /// The last election as this replica saw it (for STATUS).
+    pub last_election: Option<ElectionRecord>,
+}
+
+/// One election as one replica saw it: from losing its leader (or starting
+/// up) to following or becoming the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionRecord {
+    /// When the replica lost its leader or started campaigning.
+    pub started: Millis,
+    /// When it followed or became the new leader; None while running.
+    pub ended: Option<Millis>,
+    /// The new leader.
+    pub winner: Option<ReplicaId>,
+    /// The new leader's epoch.
+    pub epoch: Epoch,
 }
 
 /// One replica's whole protocol state. See the module docs for the story.
@@ -370,6 +386,7 @@ impl Replica {
         // A restarted replica listens for a current leader for one election
         // timeout before it campaigns, so a restart does not depose a healthy leader.
         self.reset_election_deadline(now);
+        self.open_election(now);
     }
 
     /// Handles one input.
@@ -380,7 +397,7 @@ impl Replica {
             Input::Peer(env) => self.on_peer(now, env, out),
             Input::Client { req, request } => self.on_client(now, req, request, out),
             Input::LinkUp(id) => self.on_link_up(now, id, out),
-            Input::LinkDown(id) => self.on_link_down(now, id),
+            Input::LinkDown(id) => self.on_link_down(now, id, out),
             Input::SnapshotSaved(index) => self.on_snapshot_saved(index, out),
         }
     }
@@ -415,14 +432,14 @@ impl Replica {
         self.tick_formation(now, out);
     }
 
-    fn on_link_down(&mut self, now: Millis, id: ReplicaId) {
+    fn on_link_down(&mut self, now: Millis, id: ReplicaId, out: &mut Vec<Output>) {
         if let Some(p) = self.peers.get_mut(&id) {
             p.link_up = false;
         }
         // A reset link to the leader (kill -9) starts an election at once, after
         // a short jitter, instead of waiting out the timeout (DESIGN §3.2).
         if matches!(self.role, Role::Follower) && self.leader.map(|(l, _)| l) == Some(id) {
-            self.leader = None;
+            self.lose_leader(now, out);
             let jitter = self.rng.random_range(0..=self.cfg.heartbeat_ms.max(1));
             self.election_deadline = self.election_deadline.min(now.plus(jitter));
         }
@@ -751,11 +768,19 @@ impl Replica {
             Formation::Pending(id) => format!("pending:{id:016x}"),
             Formation::Complete(id) => format!("{id:016x}"),
         };
-        s.push_str(&format!(" cluster={formation} elections={}", self.stats.elections_started));
-        if let Some((start, end)) = self.stats.last_election {
-            match end {
-                Some(end) => s.push_str(&format!(" last_election_ms={}", end.since(start))),
-                None => s.push_str(&format!(" election_running_ms={}", now.since(start))),
+        s.push_str(&format!(
+            " cluster={formation} elections={} elections_started={}",
+            self.stats.leader_changes, self.stats.elections_started
+        ));
+        if let Some(e) = self.stats.last_election {
+            match (e.ended, e.winner) {
+                (Some(end), Some(winner)) => s.push_str(&format!(
+                    " last_election_ms={} last_election_ago_ms={} last_winner={winner} last_winner_epoch={}",
+                    end.since(e.started),
+                    now.since(e.started),
+                    e.epoch
+                )),
+                _ => s.push_str(&format!(" election_running_ms={}", now.since(e.started))),
             }
         }
         s

@@ -791,8 +791,8 @@ impl Replica {
         for (req, request, deadline) in waiting {
             if now >= deadline {
                 let detail = match self.stats.last_election {
-                    Some((start, None)) => {
-                        format!("election in progress for {}ms", now.since(start))
+                    Some(e) if e.ended.is_none() => {
+                        format!("election in progress for {}ms", now.since(e.started))
                     }
                     _ => format!("no leader known within {}ms", self.cfg.request_timeout_ms),
                 };
