@@ -12,6 +12,9 @@ use super::{
 };
 use crate::client::{ClientError, Reply, Request};
 
+/// No honest leader gets near this slot number; a peer message naming one is dropped.
+pub const INDEX_MAX: u64 = 1 << 62;
+
 /// Who a forward answers when the leader replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Origin {
@@ -340,14 +343,21 @@ impl Replica {
                 self.stats.dropped_messages += 1;
                 continue;
             }
+            if index.0 == 0 || index.0 > INDEX_MAX {
+                self.stats.dropped_messages += 1;
+                continue;
+            }
             if index <= self.commit {
-                if index > self.snapshot_index {
-                    let held = self.log.get(&index).map(|e| e.id);
-                    assert_eq!(
-                        held,
-                        Some(entry.id),
-                        "chosen slot {index} would change its entry id"
+                let held = self.log.get(&index).map(|e| e.id);
+                if index > self.snapshot_index && held != Some(entry.id) {
+                    // A correct leader re-proposes the chosen entry of every
+                    // slot it recovered; anything else is a broken peer.
+                    crate::qlog!(
+                        "refusing ACCEPT from {from}: committed slot {index} holds {held:?}, not {}",
+                        entry.id
                     );
+                    self.stats.dropped_messages += 1;
+                    continue;
                 }
                 accepted.push(index);
                 continue;
