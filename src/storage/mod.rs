@@ -5,13 +5,14 @@
 //! [`Storage::sync`] before any send or reply that depends on them. The
 //! simulator implements the same trait with a disk that loses un-synced writes.
 
+pub mod snapshot;
 pub mod wal;
 
 use crate::protocol::durable::{Persist, Snapshot};
 use crate::protocol::types::LogIndex;
-use std::sync::Arc;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where `Persist` ops go.
 pub trait Storage {
