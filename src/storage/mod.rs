@@ -5,6 +5,7 @@
 //! [`Storage::sync`] before any send or reply that depends on them. The
 //! simulator implements the same trait with a disk that loses un-synced writes.
 
+pub mod snapshot;
 pub mod wal;
 
 use crate::protocol::durable::{Persist, Snapshot};
