@@ -782,22 +782,11 @@ impl DiskStorage {
 }
 
 impl Storage for DiskStorage {
-<<<<<<< HEAD
-    fn save_snapshot(
-        &mut self,
-        snapshot: std::sync::Arc<crate::protocol::durable::Snapshot>,
-    ) -> Result<()> {
-        // Snapshots on disk come next; until then a save never completes and
-        // the log is never compacted.
-        let _ = snapshot;
-        Ok(())
-=======
     /// Hands the image to the snapshot thread (started on the first call);
     /// `snapshot_saved` reports it once its file is durable.
     fn save_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Result<()> {
         self.check_poisoned()?;
         self.saver.save(snapshot)
->>>>>>> storage
     }
 
     /// The highest index saved since the last call. A failed save is an
