@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod exec;
 pub mod log;
 pub mod protocol;

@@ -3,8 +3,10 @@
 //! channel, and a ticker drives its timers. Each turn of the loop takes one
 //! event (or tick), drains whatever else is already queued (up to
 //! [`EVENTS_BATCH_MAX`]), steps the replica through all of them, flushes the
-//! batch, and hands the outputs to the executor: one fsync for the batch,
-//! then every send and reply.
+//! batch, and hands the outputs to the executor. Persists go to the disk
+//! thread (`crate::disk`), which fsyncs once for every batch queued; votes
+//! and promises wait for that, everything else (heartbeats above all) leaves
+//! at once, so a slow disk never looks like a dead leader.
 //!
 //! Client connections register a reply channel; the loop maps each client
 //! request to a [`ReqId`] and routes the protocol's reply back to the
@@ -13,7 +15,8 @@
 
 use crate::client::{ClientError, Reply, Request};
 use crate::config::Config;
-use crate::exec::{self, Network};
+use crate::disk::{self, DiskClient};
+use crate::exec::{Executor, Network};
 use crate::protocol::message::Envelope;
 use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
@@ -64,6 +67,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
     let events_tx_for_signals = events_tx.clone();
+    let events_tx_for_disk = events_tx.clone();
     let tcfg = transport_config(&cfg, cluster_id.clone());
     let listen = tcfg.listen.clone();
     let peers =
@@ -74,22 +78,33 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.write_quorum,
         cfg.read_quorum
     );
+    let mut net = ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() };
+    let clock = Instant::now();
+    let mut replica = replica;
+    let mut storage = storage;
+    let mut executor = Executor::new(cfg.id);
+    start_durably(&mut replica, &mut storage, &mut executor, &mut net, &clock)?;
+    let disk = disk::start(storage, events_tx_for_disk, executor.issued())?;
     let mut event_loop = EventLoop {
         request_timeout_ms: cfg.request_timeout_ms,
         wal_segment_bytes: cfg.wal_segment_bytes,
         replica,
-        storage,
-        net: ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() },
-        clock: Instant::now(),
+        disk,
+        executor,
+        net,
+        clock,
         next_req: 1,
         cluster_id,
         out: Vec::new(),
         shutdown_deadline: None,
+        fatal: None,
+        fsyncs: 0,
+        fsync_us_total: 0,
     };
     watch_signals(events_tx_for_signals)?;
     let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
     let ticker = crossbeam_channel::tick(Duration::from_millis(tick_ms));
-    event_loop.start()?;
+    event_loop.finish_batch()?;
     loop {
         select! {
             recv(events_rx) -> event => {
@@ -104,11 +119,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 Err(_) => break,
             }
         }
+        if let Some(e) = event_loop.fatal.take() {
+            return Err(e);
+        }
         event_loop.finish_batch()?;
         if event_loop.is_done() {
             return event_loop.finish_shutdown();
         }
     }
+}
+
+/// Starts the replica on the synchronous storage, before the disk thread and
+/// before anyone can hear from it: a new directory's incarnation is durable
+/// before it is ever reported (DESIGN §6).
+fn start_durably(
+    replica: &mut Replica,
+    storage: &mut DiskStorage,
+    executor: &mut Executor,
+    net: &mut ServerNet,
+    clock: &Instant,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    let now = Millis(clock.elapsed().as_millis() as u64);
+    replica.start(now, &mut out);
+    executor.execute(&mut out, storage, net).map_err(|e| format!("storage failed: {e}"))?;
+    Ok(())
 }
 
 /// SIGTERM and SIGINT become `Event::Shutdown` for the loop (a clean stop:
@@ -181,7 +216,10 @@ struct EventLoop {
     /// `--wal-segment-bytes`: a log segment this large asks for a snapshot.
     wal_segment_bytes: u64,
     replica: Replica,
-    storage: DiskStorage,
+    /// The disk thread's queue.
+    disk: DiskClient,
+    /// Carries out outputs; holds votes and promises until their sync is done.
+    executor: Executor,
     net: ServerNet,
     clock: Instant,
     next_req: u64,
@@ -189,6 +227,11 @@ struct EventLoop {
     out: Vec<Output>,
     /// Set by SIGTERM: in-flight requests get until then to finish.
     shutdown_deadline: Option<Millis>,
+    /// A storage failure reported by the disk thread: the loop stops with it.
+    fatal: Option<String>,
+    /// fsyncs done by the disk thread, and their total time, for METRICS.
+    fsyncs: u64,
+    fsync_us_total: u64,
 }
 
 /// How long a shutting-down replica waits for requests already in flight.
@@ -197,12 +240,6 @@ pub const SHUTDOWN_GRACE_MS_MAX: u64 = 2_000;
 impl EventLoop {
     fn now(&self) -> Millis {
         Millis(self.clock.elapsed().as_millis() as u64)
-    }
-
-    fn start(&mut self) -> Result<(), String> {
-        let now = self.now();
-        self.replica.start(now, &mut self.out);
-        self.finish_batch()
     }
 
     fn tick(&mut self) {
@@ -223,6 +260,19 @@ impl EventLoop {
                 self.net.clients.remove(&conn);
             }
             Event::Client { conn, seq, request } => self.on_client(now, conn, seq, request),
+            Event::DiskSynced { ticket, fsync_us, segment_bytes } => {
+                self.fsyncs += 1;
+                self.fsync_us_total += fsync_us;
+                if segment_bytes > self.wal_segment_bytes {
+                    self.replica.request_snapshot();
+                }
+                self.executor.synced(ticket, &mut self.net);
+                self.feed_loopback(now);
+            }
+            Event::SnapshotSaved(index) => {
+                self.replica.step(now, Input::SnapshotSaved(index), &mut self.out)
+            }
+            Event::DiskFailed(e) => self.fatal = Some(format!("storage failed, stopping: {e}")),
             Event::Shutdown => {
                 if self.shutdown_deadline.is_none() {
                     let grace = SHUTDOWN_GRACE_MS_MAX.min(self.request_timeout_ms);
@@ -251,7 +301,7 @@ impl EventLoop {
                 "replica shut down before the answer; a write may or may not have committed";
             self.net.send_reply(conn, seq, Reply::Error(ClientError::Timeout(detail.into())));
         }
-        self.storage.sync().map_err(|e| format!("final sync failed: {e}"))?;
+        self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
         self.net.clients.clear();
         // Client writer threads hold the replies already queued; give them a
         // moment to write before the process exits.
@@ -293,23 +343,37 @@ impl EventLoop {
             format!("quorumkv_read_retries_total {}", s.read_retries),
             format!("quorumkv_read_fallbacks_total {}", s.read_fallbacks),
             format!("quorumkv_peer_frames_dropped_total {}", self.net.peers.dropped()),
+            format!("quorumkv_fsyncs_total {}", self.fsyncs),
+            format!("quorumkv_fsync_seconds_total {}", self.fsync_us_total as f64 / 1e6),
         ]
     }
 
-    /// Flushes the batch, runs its outputs (one fsync), refreshes the log prefix.
+    /// Our own votes, released by the executor once durable, go back in.
+    fn feed_loopback(&mut self, now: Millis) {
+        for env in self.executor.take_loopback() {
+            self.replica.step(now, Input::Peer(env), &mut self.out);
+        }
+    }
+
+    /// Flushes the batch and hands its outputs to the executor: persists go to
+    /// the disk thread; what needs them waits; everything else leaves now.
     fn finish_batch(&mut self) -> Result<(), String> {
         let now = self.now();
-        let saved =
-            self.storage.snapshot_saved().map_err(|e| format!("snapshot failed, stopping: {e}"))?;
-        if let Some(index) = saved {
-            self.replica.step(now, Input::SnapshotSaved(index), &mut self.out);
+        loop {
+            self.replica.flush(now, &mut self.out);
+            self.executor
+                .execute(&mut self.out, &mut self.disk, &mut self.net)
+                .map_err(|e| format!("storage failed, stopping: {e}"))?;
+            // A loopback vote can commit entries, which can answer clients and
+            // send COMMITs: run until nothing more comes back.
+            let loopback = self.executor.take_loopback();
+            if loopback.is_empty() {
+                break;
+            }
+            for env in loopback {
+                self.replica.step(now, Input::Peer(env), &mut self.out);
+            }
         }
-        if self.storage.segment_bytes() > self.wal_segment_bytes {
-            self.replica.request_snapshot();
-        }
-        self.replica.flush(now, &mut self.out);
-        exec::execute(&mut self.out, &mut self.storage, &mut self.net)
-            .map_err(|e| format!("storage failed, stopping: {e}"))?;
         crate::log::set_prefix(format!(
             "r{} e{} {}",
             self.replica.id(),

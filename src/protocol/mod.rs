@@ -449,7 +449,14 @@ impl Replica {
     /// then dispatches on the message.
     fn on_peer(&mut self, now: Millis, env: Envelope, out: &mut Vec<Output>) {
         let from = env.from;
-        if from == self.cfg.id || !self.peers.contains_key(&from) {
+        if from == self.cfg.id && env.incarnation == self.incarnation {
+            // Our own vote, handed back by the executor once our write is durable.
+            if let PeerMsg::Vote { epoch, accepted, .. } = env.msg {
+                self.on_vote(now, from, epoch, accepted, out);
+            }
+            return;
+        }
+        if !self.peers.contains_key(&from) {
             self.stats.dropped_messages += 1;
             return;
         }

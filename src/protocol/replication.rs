@@ -227,37 +227,27 @@ impl Replica {
         l.unsent.push(index);
     }
 
-    /// Leader: persists the batch of new entries, counts our own vote (only
-    /// now, after the Persist, so no OK can precede our own fsync), sends ACCEPT.
+    /// Leader: persists the batch of new entries and sends ACCEPT. Our own
+    /// vote is a Vote to ourselves: the executor holds it until the batch is
+    /// durable, so no commit, COMMIT or OK ever rests on our unsynced write.
     pub(super) fn flush_proposals(&mut self, now: Millis, out: &mut Vec<Output>) {
         let me = self.cfg.id;
         let commit = self.is_serving_leader().then_some(self.commit);
         let Role::Leader(l) = &mut self.role else { return };
-        if l.unsent.is_empty() {
-            if l.heartbeat_now {
-                self.send_heartbeat(now, out);
+        if !l.unsent.is_empty() {
+            let unsent = std::mem::take(&mut l.unsent);
+            let epoch = l.epoch;
+            let entries: Vec<(LogIndex, Entry)> =
+                unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
+            out.push(Output::Persist(Persist::Accept(entries.clone())));
+            let others = self.others();
+            for chunk in entries.chunks(BATCH_ENTRIES_MAX) {
+                let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit };
+                self.send(others.clone(), msg, out);
             }
-            return;
+            let own = PeerMsg::Vote { epoch, accepted: unsent, promised: epoch };
+            self.send(vec![me], own, out);
         }
-        let unsent = std::mem::take(&mut l.unsent);
-        let epoch = l.epoch;
-        let entries: Vec<(LogIndex, Entry)> =
-            unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
-        out.push(Output::Persist(Persist::Accept(entries.clone())));
-        for index in &unsent {
-            if let Some(t) = l.tallies.get_mut(index) {
-                t.voters.insert(me);
-            }
-        }
-        let others = self.others();
-        for chunk in entries.chunks(BATCH_ENTRIES_MAX) {
-            let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit };
-            self.send(others.clone(), msg, out);
-        }
-        for index in unsent {
-            self.maybe_choose(index);
-        }
-        self.advance_commit(now, out);
         if let Role::Leader(l) = &mut self.role {
             if l.heartbeat_now {
                 self.send_heartbeat(now, out);
@@ -385,11 +375,14 @@ impl Replica {
         accepted: Vec<LogIndex>,
         out: &mut Vec<Output>,
     ) {
+        let me = self.cfg.id;
         let Role::Leader(l) = &mut self.role else { return };
         if l.epoch != epoch || accepted.is_empty() {
             return;
         }
-        l.last_ack.insert(from, now);
+        if from != me {
+            l.last_ack.insert(from, now);
+        }
         for index in &accepted {
             if let Some(t) = l.tallies.get_mut(index) {
                 t.voters.insert(from);

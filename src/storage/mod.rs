@@ -20,6 +20,14 @@ pub trait Storage {
     fn persist(&mut self, op: &Persist) -> Result<()>;
     /// Makes every op written so far durable (a no-op under `--fsync never`).
     fn sync(&mut self) -> Result<()>;
+    /// Starts making every op written so far durable. Returns true when it is
+    /// durable on return; false when the caller learns it later (the server's
+    /// disk thread reports finished syncs in order, so the event loop never
+    /// waits for an fsync).
+    fn begin_sync(&mut self) -> Result<bool> {
+        self.sync()?;
+        Ok(true)
+    }
     /// Starts saving a snapshot (durably, atomically); may finish later.
     /// At most one save is in flight at a time.
     fn save_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Result<()>;
