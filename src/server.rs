@@ -105,19 +105,27 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
     let ticker = crossbeam_channel::tick(Duration::from_millis(tick_ms));
     event_loop.finish_batch()?;
+    let mut last_tick = Instant::now();
     loop {
         select! {
             recv(events_rx) -> event => {
                 let event = event.expect("transport threads hold the events sender for the process lifetime");
                 event_loop.handle(event);
             }
-            recv(ticker) -> _ => event_loop.tick(),
+            recv(ticker) -> _ => {}
         }
         for _ in 1..EVENTS_BATCH_MAX {
             match events_rx.try_recv() {
                 Ok(event) => event_loop.handle(event),
                 Err(_) => break,
             }
+        }
+        // Timers run after the queued events: a replica that was starved of
+        // CPU sees the heartbeats and acks waiting for it before it decides
+        // that its leader (or its quorum) went silent.
+        if last_tick.elapsed() >= Duration::from_millis(tick_ms) {
+            last_tick = Instant::now();
+            event_loop.tick();
         }
         if let Some(e) = event_loop.fatal.take() {
             return Err(e);

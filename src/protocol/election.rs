@@ -599,12 +599,20 @@ impl Replica {
         if self.stats.last_election.is_none_or(|e| e.ended.is_some()) {
             let record =
                 ElectionRecord { started: now, ended: None, winner: None, epoch: Epoch(0) };
-            self.stats.last_election = Some(record);
+            self.stats.previous_election = self.stats.last_election.replace(record);
         }
     }
 
-    /// A new leader is known: the open election ended.
+    /// A leader is known: the open election ended. Following the same leader
+    /// again after a brief candidacy (a starved follower) is not an election.
     fn close_election(&mut self, now: Millis, winner: ReplicaId, epoch: Epoch) {
+        if self.stats.last_leader == Some((winner, epoch)) {
+            if self.stats.last_election.is_some_and(|e| e.ended.is_none()) {
+                self.stats.last_election = self.stats.previous_election.take();
+            }
+            return;
+        }
+        self.stats.last_leader = Some((winner, epoch));
         self.stats.leader_changes += 1;
         let started = match self.stats.last_election {
             Some(e) if e.ended.is_none() => e.started,

@@ -207,6 +207,10 @@ pub struct Stats {
     pub leader_changes: u64,
     /// The last election as this replica saw it (for STATUS).
     pub last_election: Option<ElectionRecord>,
+    /// The one before, restored when an election ends with the same leader.
+    pub previous_election: Option<ElectionRecord>,
+    /// The leader (and epoch) of the last completed election.
+    pub last_leader: Option<(ReplicaId, Epoch)>,
 }
 
 /// One election as one replica saw it: from losing its leader (or starting
