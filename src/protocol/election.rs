@@ -104,6 +104,10 @@ pub(super) struct Leadership {
     pub queued: VecDeque<QueuedWrite>,
     /// Forwarded writes of this epoch.
     pub dedup: BTreeMap<DedupKey, Dedup>,
+    /// Answered forwards in the order they were answered, for expiry.
+    pub dedup_expiry: VecDeque<(Millis, DedupKey)>,
+    /// Next sweep of waiting writes for expired deadlines.
+    pub next_sweep: Millis,
     /// Last answer at our epoch from each peer (liveness, DESIGN §2).
     pub last_ack: BTreeMap<ReplicaId, Millis>,
     /// Highest heartbeat round each peer acknowledged.
@@ -135,6 +139,8 @@ impl Leadership {
             waiters: BTreeMap::new(),
             queued: VecDeque::new(),
             dedup: BTreeMap::new(),
+            dedup_expiry: VecDeque::new(),
+            next_sweep: now,
             last_ack: BTreeMap::new(),
             acked_seq: BTreeMap::new(),
             peer_commit: BTreeMap::new(),

@@ -12,6 +12,9 @@ use super::{
 };
 use crate::client::{ClientError, Reply, Request};
 
+/// How often a leader sweeps its waiting writes for expired deadlines.
+const SWEEP_MS: u64 = 10;
+
 /// No honest leader gets near this slot number; a peer message naming one is dropped.
 pub const INDEX_MAX: u64 = 1 << 62;
 
@@ -530,8 +533,10 @@ impl Replica {
             Waiter::Local(req) => reply(out, req, answer),
             Waiter::Remote { from, boot, req } => {
                 if let Role::Leader(l) = &mut self.role {
-                    if let Some(d) = l.dedup.get_mut(&(from, boot, req.0)) {
+                    let key = (from, boot, req.0);
+                    if let Some(d) = l.dedup.get_mut(&key) {
                         *d = Dedup::Done(answer.clone(), self.now);
+                        l.dedup_expiry.push_back((self.now, key));
                     }
                 }
                 self.send(vec![from], PeerMsg::ForwardReply { req, reply: answer }, out);
@@ -850,8 +855,17 @@ impl Replica {
         let no_quorum = self.no_quorum(now);
         let request_timeout_ms = self.cfg.request_timeout_ms;
         let l = self.leadership_mut();
-        let expired: Vec<LogIndex> =
-            l.waiters.iter().filter(|(_, (_, d))| now >= *d).map(|(i, _)| *i).collect();
+        // Deadlines are checked in a sweep every few ms, not on every tick:
+        // with thousands of writes in flight a scan per event would dominate.
+        let sweep = now >= l.next_sweep;
+        if sweep {
+            l.next_sweep = now.plus(SWEEP_MS);
+        }
+        let expired: Vec<LogIndex> = if sweep {
+            l.waiters.iter().filter(|(_, (_, d))| now >= *d).map(|(i, _)| *i).collect()
+        } else {
+            Vec::new()
+        };
         let mut answers = Vec::new();
         for index in expired {
             let (waiter, _) = l.waiters.remove(&index).expect("listed");
@@ -880,10 +894,12 @@ impl Replica {
         }
         l.queued = keep;
         let horizon = 2 * request_timeout_ms;
-        l.dedup.retain(|_, d| match d {
-            Dedup::Pending => true,
-            Dedup::Done(_, at) => now.since(*at) <= horizon,
-        });
+        while l.dedup_expiry.front().is_some_and(|(at, _)| now.since(*at) > horizon) {
+            let (at, key) = l.dedup_expiry.pop_front().expect("checked above");
+            if matches!(l.dedup.get(&key), Some(Dedup::Done(_, done)) if *done == at) {
+                l.dedup.remove(&key);
+            }
+        }
         for (waiter, answer) in answers {
             self.answer(waiter, answer, out);
         }
