@@ -2,8 +2,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod exec;
 pub mod log;
 pub mod protocol;

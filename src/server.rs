@@ -3,8 +3,10 @@
 //! channel, and a ticker drives its timers. Each turn of the loop takes one
 //! event (or tick), drains whatever else is already queued (up to
 //! [`EVENTS_BATCH_MAX`]), steps the replica through all of them, flushes the
-//! batch, and hands the outputs to the executor: one fsync for the batch,
-//! then every send and reply.
+//! batch, and hands the outputs to the executor. Persists go to the disk
+//! thread (`crate::disk`), which fsyncs once for every batch queued; votes
+//! and promises wait for that, everything else (heartbeats above all) leaves
+//! at once, so a slow disk never looks like a dead leader.
 //!
 //! Client connections register a reply channel; the loop maps each client
 //! request to a [`ReqId`] and routes the protocol's reply back to the
@@ -13,11 +15,13 @@
 
 use crate::client::{ClientError, Reply, Request};
 use crate::config::Config;
-use crate::exec::{self, Network};
+use crate::disk::{self, DiskClient};
+use crate::exec::{Executor, Network};
 use crate::protocol::message::Envelope;
 use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
 use crate::storage::wal::DiskStorage;
+use crate::storage::Storage;
 use crate::transport::{self, ConnId, Event, PeerSenders, TransportConfig};
 use crate::{qlog, wire};
 use crossbeam_channel::{select, Sender};
@@ -52,6 +56,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         heartbeat_ms: cfg.heartbeat_ms,
         election_timeout_ms: cfg.election_timeout_ms,
         request_timeout_ms: cfg.request_timeout_ms,
+        snapshot_every_entries: cfg.snapshot_every_entries,
     };
     let replica = Replica::new(pcfg, durable, seed, boot);
     qlog!(
@@ -61,6 +66,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
+    let events_tx_for_signals = events_tx.clone();
+    let events_tx_for_disk = events_tx.clone();
     let tcfg = transport_config(&cfg, cluster_id.clone());
     let listen = tcfg.listen.clone();
     let peers =
@@ -71,25 +78,41 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.write_quorum,
         cfg.read_quorum
     );
+    let mut net = ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() };
+    let clock = Instant::now();
+    let mut replica = replica;
+    let mut storage = storage;
+    let mut executor = Executor::new(cfg.id);
+    start_durably(&mut replica, &mut storage, &mut executor, &mut net, &clock)?;
+    let disk = disk::start(storage, events_tx_for_disk, executor.issued())?;
     let mut event_loop = EventLoop {
+        request_timeout_ms: cfg.request_timeout_ms,
+        wal_segment_bytes: cfg.wal_segment_bytes,
         replica,
-        storage,
-        net: ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() },
-        clock: Instant::now(),
+        disk,
+        executor,
+        net,
+        clock,
         next_req: 1,
         cluster_id,
         out: Vec::new(),
+        shutdown_deadline: None,
+        fatal: None,
+        fsyncs: 0,
+        fsync_us_total: 0,
     };
+    watch_signals(events_tx_for_signals)?;
     let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
     let ticker = crossbeam_channel::tick(Duration::from_millis(tick_ms));
-    event_loop.start()?;
+    event_loop.finish_batch()?;
+    let mut last_tick = Instant::now();
     loop {
         select! {
             recv(events_rx) -> event => {
                 let event = event.expect("transport threads hold the events sender for the process lifetime");
                 event_loop.handle(event);
             }
-            recv(ticker) -> _ => event_loop.tick(),
+            recv(ticker) -> _ => {}
         }
         for _ in 1..EVENTS_BATCH_MAX {
             match events_rx.try_recv() {
@@ -97,8 +120,55 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 Err(_) => break,
             }
         }
+        // Timers run after the queued events: a replica that was starved of
+        // CPU sees the heartbeats and acks waiting for it before it decides
+        // that its leader (or its quorum) went silent.
+        if last_tick.elapsed() >= Duration::from_millis(tick_ms) {
+            last_tick = Instant::now();
+            event_loop.tick();
+        }
+        if let Some(e) = event_loop.fatal.take() {
+            return Err(e);
+        }
         event_loop.finish_batch()?;
+        if event_loop.is_done() {
+            return event_loop.finish_shutdown();
+        }
     }
+}
+
+/// Starts the replica on the synchronous storage, before the disk thread and
+/// before anyone can hear from it: a new directory's incarnation is durable
+/// before it is ever reported (DESIGN §6).
+fn start_durably(
+    replica: &mut Replica,
+    storage: &mut DiskStorage,
+    executor: &mut Executor,
+    net: &mut ServerNet,
+    clock: &Instant,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    let now = Millis(clock.elapsed().as_millis() as u64);
+    replica.start(now, &mut out);
+    executor.execute(&mut out, storage, net).map_err(|e| format!("storage failed: {e}"))?;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT become `Event::Shutdown` for the loop (a clean stop:
+/// in-flight requests finish or fail, the log is synced, exit 0).
+fn watch_signals(events_tx: Sender<Event>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = events_tx.send(Event::Shutdown);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
 }
 
 fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig {
@@ -150,24 +220,34 @@ pub fn help_lines(cfg: &Config) -> Vec<String> {
 
 /// The loop's state: the replica, its storage, and where replies go.
 struct EventLoop {
+    request_timeout_ms: u64,
+    /// `--wal-segment-bytes`: a log segment this large asks for a snapshot.
+    wal_segment_bytes: u64,
     replica: Replica,
-    storage: DiskStorage,
+    /// The disk thread's queue.
+    disk: DiskClient,
+    /// Carries out outputs; holds votes and promises until their sync is done.
+    executor: Executor,
     net: ServerNet,
     clock: Instant,
     next_req: u64,
     cluster_id: Arc<AtomicU64>,
     out: Vec<Output>,
+    /// Set by SIGTERM: in-flight requests get until then to finish.
+    shutdown_deadline: Option<Millis>,
+    /// A storage failure reported by the disk thread: the loop stops with it.
+    fatal: Option<String>,
+    /// fsyncs done by the disk thread, and their total time, for METRICS.
+    fsyncs: u64,
+    fsync_us_total: u64,
 }
+
+/// How long a shutting-down replica waits for requests already in flight.
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 2_000;
 
 impl EventLoop {
     fn now(&self) -> Millis {
         Millis(self.clock.elapsed().as_millis() as u64)
-    }
-
-    fn start(&mut self) -> Result<(), String> {
-        let now = self.now();
-        self.replica.start(now, &mut self.out);
-        self.finish_batch()
     }
 
     fn tick(&mut self) {
@@ -188,7 +268,54 @@ impl EventLoop {
                 self.net.clients.remove(&conn);
             }
             Event::Client { conn, seq, request } => self.on_client(now, conn, seq, request),
+            Event::DiskSynced { ticket, fsync_us, segment_bytes } => {
+                self.fsyncs += 1;
+                self.fsync_us_total += fsync_us;
+                if segment_bytes > self.wal_segment_bytes {
+                    self.replica.request_snapshot();
+                }
+                self.executor.synced(ticket, &mut self.net);
+                self.feed_loopback(now);
+            }
+            Event::SnapshotSaved(index) => {
+                self.replica.step(now, Input::SnapshotSaved(index), &mut self.out)
+            }
+            Event::DiskFailed(e) => self.fatal = Some(format!("storage failed, stopping: {e}")),
+            Event::Shutdown => {
+                if self.shutdown_deadline.is_none() {
+                    let grace = SHUTDOWN_GRACE_MS_MAX.min(self.request_timeout_ms);
+                    qlog!(
+                        "shutdown requested; finishing {} requests in flight",
+                        self.net.pending.len()
+                    );
+                    self.shutdown_deadline = Some(now.plus(grace));
+                }
+            }
         }
+    }
+
+    /// True once a shutdown was asked for and nothing is in flight (or the grace ran out).
+    fn is_done(&self) -> bool {
+        self.shutdown_deadline
+            .is_some_and(|deadline| self.net.pending.is_empty() || self.now() >= deadline)
+    }
+
+    /// Fails what is still in flight, syncs, and lets client writers drain.
+    fn finish_shutdown(&mut self) -> Result<(), String> {
+        let pending: Vec<(ReqId, (ConnId, u64))> =
+            std::mem::take(&mut self.net.pending).into_iter().collect();
+        for (_, (conn, seq)) in pending {
+            let detail =
+                "replica shut down before the answer; a write may or may not have committed";
+            self.net.send_reply(conn, seq, Reply::Error(ClientError::Timeout(detail.into())));
+        }
+        self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
+        self.net.clients.clear();
+        // Client writer threads hold the replies already queued; give them a
+        // moment to write before the process exits.
+        std::thread::sleep(Duration::from_millis(50));
+        qlog!("shut down cleanly (commit index {})", self.replica.commit_index());
+        Ok(())
     }
 
     fn on_client(&mut self, now: Millis, conn: ConnId, seq: u64, request: Request) {
@@ -202,6 +329,11 @@ impl EventLoop {
         };
         if let Some(reply) = local {
             self.net.send_reply(conn, seq, reply);
+            return;
+        }
+        if self.shutdown_deadline.is_some() {
+            let err = ClientError::Shutdown("replica is shutting down; try another".into());
+            self.net.send_reply(conn, seq, Reply::Error(err));
             return;
         }
         let req = ReqId(self.next_req);
@@ -219,15 +351,37 @@ impl EventLoop {
             format!("quorumkv_read_retries_total {}", s.read_retries),
             format!("quorumkv_read_fallbacks_total {}", s.read_fallbacks),
             format!("quorumkv_peer_frames_dropped_total {}", self.net.peers.dropped()),
+            format!("quorumkv_fsyncs_total {}", self.fsyncs),
+            format!("quorumkv_fsync_seconds_total {}", self.fsync_us_total as f64 / 1e6),
         ]
     }
 
-    /// Flushes the batch, runs its outputs (one fsync), refreshes the log prefix.
+    /// Our own votes, released by the executor once durable, go back in.
+    fn feed_loopback(&mut self, now: Millis) {
+        for env in self.executor.take_loopback() {
+            self.replica.step(now, Input::Peer(env), &mut self.out);
+        }
+    }
+
+    /// Flushes the batch and hands its outputs to the executor: persists go to
+    /// the disk thread; what needs them waits; everything else leaves now.
     fn finish_batch(&mut self) -> Result<(), String> {
         let now = self.now();
-        self.replica.flush(now, &mut self.out);
-        exec::execute(&mut self.out, &mut self.storage, &mut self.net)
-            .map_err(|e| format!("storage failed, stopping: {e}"))?;
+        loop {
+            self.replica.flush(now, &mut self.out);
+            self.executor
+                .execute(&mut self.out, &mut self.disk, &mut self.net)
+                .map_err(|e| format!("storage failed, stopping: {e}"))?;
+            // A loopback vote can commit entries, which can answer clients and
+            // send COMMITs: run until nothing more comes back.
+            let loopback = self.executor.take_loopback();
+            if loopback.is_empty() {
+                break;
+            }
+            for env in loopback {
+                self.replica.step(now, Input::Peer(env), &mut self.out);
+            }
+        }
         crate::log::set_prefix(format!(
             "r{} e{} {}",
             self.replica.id(),

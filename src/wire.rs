@@ -5,7 +5,7 @@
 //! A frame is
 //!
 //! ```text
-//! u32 big-endian: length of the rest | u8: WIRE_VERSION | serde_json of Envelope
+//! u32 big-endian: length of the rest | u8: WIRE_VERSION | postcard encoding of Envelope
 //! ```
 //!
 //! The length covers the version byte and the payload. A reader refuses a
@@ -20,7 +20,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 /// The frame format this build writes and the newest it reads.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Largest accepted frame (version byte plus payload). A promise or a catch-up
 /// reply is the largest message; the protocol cuts those short (`truncated`)
@@ -87,8 +87,8 @@ impl From<io::Error> for WireError {
 pub fn encode(env: &Envelope) -> Vec<u8> {
     let mut frame = vec![0; LENGTH_BYTES];
     frame.push(WIRE_VERSION);
-    serde_json::to_writer(&mut frame, env)
-        .expect("an Envelope is plain data with string or integer map keys; it always serializes");
+    let mut frame = postcard::to_extend(env, frame)
+        .expect("an Envelope is plain data; postcard serializes it into a Vec");
     let rest = u32::try_from(frame.len() - LENGTH_BYTES)
         .expect("an envelope under 4 GiB; senders drop frames above FRAME_BYTES_MAX");
     frame[..LENGTH_BYTES].copy_from_slice(&rest.to_be_bytes());
@@ -126,7 +126,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Envelope, WireError> {
             format!("frame cut short: {} of {payload_bytes} payload bytes", payload.len()),
         )));
     }
-    serde_json::from_slice(&payload).map_err(|e| WireError::BadPayload(e.to_string()))
+    postcard::from_bytes(&payload).map_err(|e| WireError::BadPayload(e.to_string()))
 }
 
 /// Reads the 4-byte length prefix, telling a clean end of stream (no byte at
@@ -251,10 +251,13 @@ mod tests {
 
     #[test]
     fn newer_version_is_named() {
-        let payload = serde_json::to_vec(&promise()).unwrap();
-        match read_frame(&mut Cursor::new(frame_with(2, &payload))) {
-            Err(e @ WireError::NewerVersion { found: 2, supported: 1 }) => {
-                assert!(e.to_string().contains("version 2"), "{e}");
+        let payload = postcard::to_stdvec(&promise()).unwrap();
+        let newer = WIRE_VERSION + 1;
+        match read_frame(&mut Cursor::new(frame_with(newer, &payload))) {
+            Err(e @ WireError::NewerVersion { found, supported: WIRE_VERSION })
+                if found == newer =>
+            {
+                assert!(e.to_string().contains(&format!("version {newer}")), "{e}");
             }
             other => panic!("{other:?}"),
         }
@@ -262,7 +265,7 @@ mod tests {
 
     #[test]
     fn version_zero_and_empty_frames_are_bad_payloads() {
-        let payload = serde_json::to_vec(&promise()).unwrap();
+        let payload = postcard::to_stdvec(&promise()).unwrap();
         let zero = read_frame(&mut Cursor::new(frame_with(0, &payload)));
         assert!(matches!(zero, Err(WireError::BadPayload(_))), "{zero:?}");
         let empty = read_frame(&mut Cursor::new(vec![0, 0, 0, 0]));

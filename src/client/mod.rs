@@ -12,7 +12,7 @@ pub mod parse;
 
 pub use parse::{parse, Limits};
 
-use crate::protocol::types::ReplicaId;
+use crate::protocol::types::{value_bytes, ReplicaId};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -20,7 +20,11 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// `PUT key value` (alias `add_update`): `OK <version>`.
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        #[serde(with = "value_bytes")]
+        value: Vec<u8>,
+    },
     /// `GET key` (alias `read`): `VALUE <value>` or `NOTFOUND`.
     Get { key: String },
     /// `GETV key`: `VERSION <version> <value>` or `NOTFOUND`.
@@ -28,11 +32,19 @@ pub enum Request {
     /// `DEL key`: `OK <index of the DEL>`.
     Del { key: String },
     /// `CAS key version value`: `OK <version>` or `ERR CONFLICT <current>`.
-    Cas { key: String, version: u64, value: Vec<u8> },
+    Cas {
+        key: String,
+        version: u64,
+        #[serde(with = "value_bytes")]
+        value: Vec<u8>,
+    },
     /// `STATUS`: one line of `name=value` fields.
     Status,
     /// `METRICS`: Prometheus text, then `END`.
     Metrics,
+    /// `DUMP`: every key as a JSON line, consistent at one commit index, then
+    /// `END` (what `quorumkv dump` uses for backups).
+    Dump,
     /// `HELP`: commands, limits and quorum sizes, then `END`.
     Help,
     /// `QUIT`: `BYE`, then the connection closes.
@@ -52,9 +64,9 @@ pub enum Reply {
     /// `OK <version>`: a write committed; the version is its log index.
     Written(u64),
     /// `VALUE <value>`.
-    Value(Vec<u8>),
+    Value(#[serde(with = "value_bytes")] Vec<u8>),
     /// `VERSION <version> <value>`.
-    Version(u64, Vec<u8>),
+    Version(u64, #[serde(with = "value_bytes")] Vec<u8>),
     /// `NOTFOUND`.
     NotFound,
     /// `STATUS ...`: the text after `STATUS `.
@@ -86,6 +98,8 @@ pub enum ClientError {
     BadCmd(String),
     /// Over the client connection limit; the connection closes after this.
     Busy(String),
+    /// The replica is shutting down (SIGTERM); the request was not started.
+    Shutdown(String),
 }
 
 impl ClientError {
@@ -99,6 +113,7 @@ impl ClientError {
             ClientError::TooLarge { .. } => "TOOLARGE",
             ClientError::BadCmd(_) => "BADCMD",
             ClientError::Busy(_) => "BUSY",
+            ClientError::Shutdown(_) => "SHUTDOWN",
         }
     }
 }
@@ -118,7 +133,8 @@ impl fmt::Display for ClientError {
             ClientError::Timeout(d)
             | ClientError::NoLeader(d)
             | ClientError::BadCmd(d)
-            | ClientError::Busy(d) => {
+            | ClientError::Busy(d)
+            | ClientError::Shutdown(d) => {
                 if d.is_empty() {
                     Ok(())
                 } else {

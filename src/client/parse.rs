@@ -51,13 +51,14 @@ enum Command {
     Cas,
     Status,
     Metrics,
+    Dump,
     Help,
     Quit,
 }
 
 /// Every command word, with the name error details use for it. Aliases keep
 /// their own (lowercase) name so the usage hint matches what the client typed.
-const COMMANDS: [(&str, Command); 11] = [
+const COMMANDS: [(&str, Command); 12] = [
     ("PUT", Command::Put),
     ("GET", Command::Get),
     ("GETV", Command::GetV),
@@ -65,6 +66,7 @@ const COMMANDS: [(&str, Command); 11] = [
     ("CAS", Command::Cas),
     ("STATUS", Command::Status),
     ("METRICS", Command::Metrics),
+    ("DUMP", Command::Dump),
     ("HELP", Command::Help),
     ("QUIT", Command::Quit),
     ("add_update", Command::Put),
@@ -90,6 +92,7 @@ pub fn parse(line: &[u8], limits: &Limits) -> Result<Request, ClientError> {
     match command {
         Command::Status => no_args(name, rest).map(|()| Request::Status),
         Command::Metrics => no_args(name, rest).map(|()| Request::Metrics),
+        Command::Dump => no_args(name, rest).map(|()| Request::Dump),
         Command::Help => no_args(name, rest).map(|()| Request::Help),
         Command::Quit => no_args(name, rest).map(|()| Request::Quit),
         Command::Get => one_key(name, rest, limits).map(|key| Request::Get { key }),
@@ -456,6 +459,7 @@ mod tests {
             }
             Request::Status => b"STATUS".to_vec(),
             Request::Metrics => b"METRICS".to_vec(),
+            Request::Dump => b"DUMP".to_vec(),
             Request::Help => b"HELP".to_vec(),
             Request::Quit => b"QUIT".to_vec(),
         }

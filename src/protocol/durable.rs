@@ -31,6 +31,36 @@ pub enum Persist {
     Formation(Formation),
     /// The learner mark (DESIGN §6).
     Learner(bool),
+    /// The whole durable state after a snapshot at `snapshot_index` was saved:
+    /// storage starts a new log segment with it and removes older segments
+    /// and snapshots (the log prefix behind the snapshot is gone).
+    Checkpoint(Box<Checkpoint>),
+}
+
+/// Everything but the snapshot itself, as of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The saved snapshot this checkpoint builds on (0 = none).
+    pub snapshot_index: LogIndex,
+    pub incarnation: Option<Incarnation>,
+    pub promise: Epoch,
+    pub promise_leader: Option<Incarnation>,
+    pub incarnations: BTreeMap<ReplicaId, Incarnation>,
+    pub formation: Formation,
+    pub learner: bool,
+    /// Accepted entries above `snapshot_index`.
+    pub log: Vec<(LogIndex, Entry)>,
+    pub commit: LogIndex,
+}
+
+/// The applied store at `index`: committed state only, so it never changes
+/// and any replica whose commit index is lower may install it (DESIGN §6).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every slot up to here is applied in `store`.
+    pub index: LogIndex,
+    /// key -> (version, value); a deleted key is simply absent.
+    pub store: BTreeMap<String, (u64, Vec<u8>)>,
 }
 
 impl Persist {
@@ -60,6 +90,11 @@ pub struct Durable {
     pub log: BTreeMap<LogIndex, Entry>,
     /// The last commit index written (may lag the truth after a crash).
     pub commit: LogIndex,
+    /// The snapshot the log builds on (entries at or below its index are gone).
+    /// Storage loads it from its own file; `apply` only records the index.
+    pub snapshot: Option<Snapshot>,
+    /// Index of the snapshot named by the last checkpoint (0 = none).
+    pub snapshot_index: LogIndex,
 }
 
 impl Durable {
@@ -92,6 +127,17 @@ impl Durable {
             }
             Persist::Formation(f) => self.formation = *f,
             Persist::Learner(l) => self.learner = *l,
+            Persist::Checkpoint(c) => {
+                self.snapshot_index = c.snapshot_index;
+                self.incarnation = c.incarnation;
+                self.promise = c.promise;
+                self.promise_leader = c.promise_leader;
+                self.incarnations = c.incarnations.clone();
+                self.formation = c.formation;
+                self.learner = c.learner;
+                self.log = c.log.iter().cloned().collect();
+                self.commit = c.commit;
+            }
         }
     }
 }

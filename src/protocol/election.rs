@@ -7,7 +7,7 @@
 
 use super::message::PeerMsg;
 use super::types::{Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId};
-use super::{quorum, Campaign, Output, Replica, Role, Waiter, BATCH_ENTRIES_MAX};
+use super::{quorum, Campaign, ElectionRecord, Output, Replica, Role, Waiter, BATCH_ENTRIES_MAX};
 use crate::client::{ClientError, Reply, Request};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -22,6 +22,8 @@ pub(super) struct PromiseInfo {
     pub truncated: bool,
     /// The promiser's incarnation.
     pub incarnation: Incarnation,
+    /// The promiser's incarnation table.
+    pub table: BTreeMap<ReplicaId, Incarnation>,
 }
 
 /// A vote tally for one slot proposed in this epoch.
@@ -54,12 +56,23 @@ pub(super) enum Dedup {
     Done(Reply, Millis),
 }
 
+/// What a read-index read answers once confirmed.
+#[derive(Debug)]
+pub(super) enum ReadKind {
+    /// GET (or GETV with the version) of one key.
+    Key { key: String, with_version: bool },
+    /// DUMP on the leader itself: the whole store.
+    Dump,
+    /// A follower's DUMP: just the confirmed commit index (as `Reply::Written`);
+    /// the follower dumps its own store once it has applied that far.
+    Barrier,
+}
+
 /// A leader-fallback read waiting for its heartbeat round (DESIGN §5).
 #[derive(Debug)]
 pub(super) struct ReadIndexWait {
     pub waiter: Waiter,
-    pub key: String,
-    pub with_version: bool,
+    pub kind: ReadKind,
     /// The heartbeat round that must be acknowledged by a majority.
     pub seq: u64,
     /// The commit index at arrival; answer once applied reaches it.
@@ -71,6 +84,8 @@ pub(super) struct ReadIndexWait {
 #[derive(Debug)]
 pub(super) struct Leadership {
     pub epoch: Epoch,
+    /// When this replica became leader of the epoch.
+    pub since: Millis,
     /// Set while recovery fetches chosen entries up to this commit index.
     pub recovering_to: Option<LogIndex>,
     /// The promises recovery works from, kept while it fetches.
@@ -89,6 +104,10 @@ pub(super) struct Leadership {
     pub queued: VecDeque<QueuedWrite>,
     /// Forwarded writes of this epoch.
     pub dedup: BTreeMap<DedupKey, Dedup>,
+    /// Answered forwards in the order they were answered, for expiry.
+    pub dedup_expiry: VecDeque<(Millis, DedupKey)>,
+    /// Next sweep of waiting writes for expired deadlines.
+    pub next_sweep: Millis,
     /// Last answer at our epoch from each peer (liveness, DESIGN §2).
     pub last_ack: BTreeMap<ReplicaId, Millis>,
     /// Highest heartbeat round each peer acknowledged.
@@ -110,6 +129,7 @@ impl Leadership {
     fn new(epoch: Epoch, now: Millis, progress_deadline: Millis) -> Leadership {
         Leadership {
             epoch,
+            since: now,
             recovering_to: None,
             promises: BTreeMap::new(),
             noop_index: None,
@@ -119,6 +139,8 @@ impl Leadership {
             waiters: BTreeMap::new(),
             queued: VecDeque::new(),
             dedup: BTreeMap::new(),
+            dedup_expiry: VecDeque::new(),
+            next_sweep: now,
             last_ack: BTreeMap::new(),
             acked_seq: BTreeMap::new(),
             peer_commit: BTreeMap::new(),
@@ -195,10 +217,9 @@ impl Replica {
         }
         if !matches!(self.role, Role::Candidate(_)) {
             self.stats.elections_started += 1;
-            self.stats.last_election = Some((now, None));
             crate::qlog!("election: starting (epoch {}, leader silent or lost)", self.promise);
         }
-        self.lose_leader(out);
+        self.lose_leader(now, out);
         let me = self.cfg.id;
         let higher: Vec<ReplicaId> = self
             .peers
@@ -246,7 +267,13 @@ impl Replica {
     /// What we hold above `their_commit`, as a promise reports it.
     fn own_promise_info(&self, their_commit: LogIndex) -> PromiseInfo {
         let (entries, truncated) = self.entries_above(their_commit);
-        PromiseInfo { commit: self.commit, entries, truncated, incarnation: self.incarnation }
+        PromiseInfo {
+            commit: self.commit,
+            entries,
+            truncated,
+            incarnation: self.incarnation,
+            table: self.incarnations.clone(),
+        }
     }
 
     /// Every entry above `from`: the committed part capped at a few batches,
@@ -254,7 +281,9 @@ impl Replica {
     fn entries_above(&self, from: LogIndex) -> (Vec<(LogIndex, Entry)>, bool) {
         let cap = 4 * BATCH_ENTRIES_MAX;
         let mut entries = Vec::new();
-        let mut truncated = false;
+        // Committed entries compacted into a snapshot cannot be sent: the
+        // winner fetches them (and gets the snapshot).
+        let mut truncated = from < self.snapshot_index;
         for (index, entry) in self.log.range(from.next()..) {
             if *index <= self.commit && entries.len() >= cap {
                 truncated = true;
@@ -339,6 +368,13 @@ impl Replica {
         incarnations: BTreeMap<ReplicaId, Incarnation>,
         out: &mut Vec<Output>,
     ) {
+        if let Role::Leader(l) = &mut self.role {
+            // A late promise for our epoch still proves the promiser is live.
+            if l.epoch == epoch {
+                l.last_ack.insert(from, now);
+            }
+            return;
+        }
         let Role::Candidate(Campaign::Promises { epoch: ours, promises, .. }) = &mut self.role
         else {
             return;
@@ -346,15 +382,9 @@ impl Replica {
         if *ours != epoch {
             return;
         }
-        // A promise from an incarnation older than what another promiser
-        // reports for that replica was made by a wiped directory: discard it.
-        let reported = incarnations.get(&from).copied();
-        if reported.is_some_and(|r| r.counter > info.incarnation.counter) {
-            self.stats.dropped_messages += 1;
-            return;
-        }
-        promises.insert(from, info);
-        if promises.len() >= quorum::majority(self.cfg.n) {
+        promises.insert(from, PromiseInfo { table: incarnations, ..info });
+        let valid = valid_promises(promises, &self.incarnations);
+        if valid.len() >= quorum::majority(self.cfg.n) {
             self.become_leader(now, out);
         }
     }
@@ -394,7 +424,7 @@ impl Replica {
             }
             Role::Follower => {
                 if self.leader.is_some_and(|(_, e)| e < epoch) {
-                    self.lose_leader(out);
+                    self.lose_leader(now, out);
                 }
             }
         }
@@ -411,10 +441,13 @@ impl Replica {
         assert_eq!(self.owner(epoch), self.cfg.id, "leading an epoch we do not own");
         let mut promises = promises;
         promises.insert(self.cfg.id, self.own_promise_info(self.commit));
+        // A promise made by an incarnation older than one that any promise (or
+        // our own table) reports for that replica came from a directory since
+        // wiped: it does not count, and its entries are not evidence.
+        let valid = valid_promises(&promises, &self.incarnations);
+        promises.retain(|id, _| valid.contains(id));
         self.stats.leaderships += 1;
-        if let Some((start, _)) = self.stats.last_election {
-            self.stats.last_election = Some((start, Some(now)));
-        }
+        self.close_election(now, self.cfg.id, epoch);
         self.leader = Some((self.cfg.id, epoch));
         let deadline = now.plus(self.cfg.election_timeout_ms);
         let mut leadership = Leadership::new(epoch, now, deadline);
@@ -508,6 +541,8 @@ impl Replica {
     /// may still commit under the next leader); writes never proposed get
     /// `ERR NOLEADER` (they are applied nowhere).
     pub(super) fn step_down(&mut self, now: Millis, out: &mut Vec<Output>) {
+        // Writes never proposed fail definitely: NOQUORUM when that is why.
+        let no_quorum = self.lacks_write_quorum(now).then(|| self.no_quorum(now));
         if let Role::Leader(l) = std::mem::replace(&mut self.role, Role::Follower) {
             let epoch = l.epoch;
             for (_, (waiter, _)) in l.waiters {
@@ -520,7 +555,8 @@ impl Replica {
             for q in l.queued {
                 let detail =
                     format!("leader {} left epoch {epoch}; write not proposed", self.cfg.id);
-                self.answer(q.waiter, Reply::Error(ClientError::NoLeader(detail)), out);
+                let err = no_quorum.clone().unwrap_or(ClientError::NoLeader(detail));
+                self.answer(q.waiter, Reply::Error(err), out);
             }
             for r in l.read_index {
                 let detail = format!("leader {} left epoch {epoch} during the read", self.cfg.id);
@@ -546,11 +582,9 @@ impl Replica {
         out: &mut Vec<Output>,
     ) {
         if self.leader != Some((from, epoch)) {
-            self.lose_leader(out);
+            self.lose_leader(now, out);
             crate::qlog!("following leader {from} in epoch {epoch}");
-            if let Some((start, None)) = self.stats.last_election {
-                self.stats.last_election = Some((start, Some(now)));
-            }
+            self.close_election(now, from, epoch);
         }
         self.role = Role::Follower;
         self.leader = Some((from, epoch));
@@ -559,10 +593,39 @@ impl Replica {
     }
 
     /// Drops the current leader: forwards sent to it can no longer be answered.
-    pub(super) fn lose_leader(&mut self, out: &mut Vec<Output>) {
+    pub(super) fn lose_leader(&mut self, now: Millis, out: &mut Vec<Output>) {
         if let Some((id, epoch)) = self.leader.take() {
             self.fail_forwards(id, epoch, out);
         }
+        self.open_election(now);
+    }
+
+    /// Starts timing an election unless one is already open.
+    pub(super) fn open_election(&mut self, now: Millis) {
+        if self.stats.last_election.is_none_or(|e| e.ended.is_some()) {
+            let record =
+                ElectionRecord { started: now, ended: None, winner: None, epoch: Epoch(0) };
+            self.stats.previous_election = self.stats.last_election.replace(record);
+        }
+    }
+
+    /// A leader is known: the open election ended. Following the same leader
+    /// again after a brief candidacy (a starved follower) is not an election.
+    fn close_election(&mut self, now: Millis, winner: ReplicaId, epoch: Epoch) {
+        if self.stats.last_leader == Some((winner, epoch)) {
+            if self.stats.last_election.is_some_and(|e| e.ended.is_none()) {
+                self.stats.last_election = self.stats.previous_election.take();
+            }
+            return;
+        }
+        self.stats.last_leader = Some((winner, epoch));
+        self.stats.leader_changes += 1;
+        let started = match self.stats.last_election {
+            Some(e) if e.ended.is_none() => e.started,
+            _ => now,
+        };
+        let record = ElectionRecord { started, ended: Some(now), winner: Some(winner), epoch };
+        self.stats.last_election = Some(record);
     }
 
     /// True when `inc` is older than what we record for `from` (or the same
@@ -583,6 +646,26 @@ impl Replica {
             _ => panic!("leadership_mut on a non-leader"),
         }
     }
+}
+
+/// The promisers whose incarnation is the newest any promise, or `own`, reports.
+fn valid_promises(
+    promises: &BTreeMap<ReplicaId, PromiseInfo>,
+    own: &BTreeMap<ReplicaId, Incarnation>,
+) -> BTreeSet<ReplicaId> {
+    let mut newest: BTreeMap<ReplicaId, u64> = BTreeMap::new();
+    let tables = promises.values().map(|p| &p.table).chain(std::iter::once(own));
+    for table in tables {
+        for (id, inc) in table {
+            let n = newest.entry(*id).or_insert(0);
+            *n = (*n).max(inc.counter);
+        }
+    }
+    promises
+        .iter()
+        .filter(|(id, p)| p.incarnation.counter >= newest.get(id).copied().unwrap_or(0))
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn ids<V>(map: &BTreeMap<ReplicaId, V>) -> Vec<u8> {

@@ -61,6 +61,12 @@ impl Replica {
         &self.chosen
     }
 
+    /// The index of the snapshot the log builds on (0 = none): slots at or
+    /// below it are applied but no longer held.
+    pub fn snapshot_index(&self) -> LogIndex {
+        self.snapshot_index
+    }
+
     /// This data directory's incarnation.
     pub fn incarnation(&self) -> Incarnation {
         self.incarnation

@@ -4,15 +4,40 @@
 //! carries the sender's formation state, so a replica that missed FORMED
 //! completes on meeting any formed peer. Nothing is elected or served before.
 //!
-//! A blank directory that meets a formed cluster must become a learner (a wiped
-//! replica); until learners exist, it waits and says so, and never joins as a
-//! full member with an empty log.
+//! Learners. A directory that starts blank in a formed cluster (wiped, or
+//! replaced) must never count as the replica it replaces: it may have
+//! forgotten promises and votes. It writes a durable learner mark first, then:
+//! 1. *Join*: asks every replica what it records for its id, and picks a new
+//!    incarnation counter one above the highest a majority of N full members
+//!    report (persisted before anyone hears of it).
+//! 2. *Register*: a majority of N full members other than itself durably record
+//!    the new incarnation (from then on they ignore the old one, and a leader
+//!    drops the old incarnation's votes on slots not yet chosen) and report
+//!    their promised epochs; it adopts the highest as its own promise.
+//! 3. *Catch up*: the first heartbeat from a leader that finished recovery in an
+//!    epoch at or above the adopted one names a last index L; once its commit
+//!    index reaches L it holds every slot the old incarnation may have voted
+//!    for, clears the mark and is a full member again. No operator step.
+//!
+//! Until then it does not vote, promise, take part in Bully, or count in reads.
 
 use super::message::{Envelope, PeerMsg};
-use super::types::{Formation, Millis, ReplicaId};
-use super::{Output, Persist, Replica};
+use super::types::{Epoch, Formation, Incarnation, LogIndex, Millis, ReplicaId};
+use super::{quorum, Output, Persist, Replica, Role};
 use rand::RngExt;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A learner's phase (see the module docs).
+#[derive(Debug)]
+pub(super) enum Learning {
+    /// Collecting what full members record for our id.
+    Asking { answers: BTreeMap<ReplicaId, Option<Incarnation>>, resend_at: Millis },
+    /// Our new incarnation is durable; collecting registrations.
+    Registering { answers: BTreeMap<ReplicaId, Epoch>, resend_at: Millis },
+    /// Registered and promised `adopted`; catching up to `target` (the last
+    /// index of the first heartbeat from a recovered leader of epoch >= adopted).
+    CatchingUp { adopted: Epoch, target: Option<LogIndex> },
+}
 
 /// The highest id's progress while forming.
 #[derive(Debug)]
@@ -38,7 +63,7 @@ impl Replica {
             self.hello_at = now.plus(resend_ms);
             self.send(self.others(), PeerMsg::Hello, out);
         }
-        if self.cfg.id.0 as usize != self.cfg.n || self.blank_in_formed_cluster() {
+        if self.cfg.id.0 as usize != self.cfg.n || self.learner {
             return;
         }
         let others = self.others();
@@ -124,24 +149,196 @@ impl Replica {
                 self.complete_formation(now, mine, out);
             }
         }
-        if self.formation == Formation::Blank && matches!(env.formation, Formation::Complete(_)) {
-            self.note_blank_in_formed_cluster(env.from);
+        if let (Formation::Blank, Formation::Complete(id)) = (self.formation, env.formation) {
+            if !env.learner {
+                self.become_learner(now, env.from, id, out);
+            }
         }
     }
 
-    fn note_blank_in_formed_cluster(&mut self, from: ReplicaId) {
-        if !self.blank_warned {
-            self.blank_warned = true;
-            crate::qlog!(
-                "formation: this data directory is blank but replica {from} belongs to a formed \
-                 cluster; this replica will not vote or serve (it needs to rejoin as a learner)"
-            );
+    /// A blank directory met a formed cluster: it is a wiped (or new) replica.
+    fn become_learner(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        cluster_id: u64,
+        out: &mut Vec<Output>,
+    ) {
+        crate::qlog!(
+            "learner: data directory is blank but replica {from} belongs to formed cluster \
+             {cluster_id:016x}; rejoining as a learner"
+        );
+        // The mark goes first: a learner that restarts half caught up stays one.
+        self.learner = true;
+        out.push(Output::Persist(Persist::Learner(true)));
+        self.formation = Formation::Complete(cluster_id);
+        out.push(Output::Persist(Persist::Formation(self.formation)));
+        self.forming = None;
+        self.role = Role::Follower;
+        self.begin_learning(now);
+    }
+
+    /// Starts (or restarts) the learner protocol at its first phase.
+    pub(super) fn begin_learning(&mut self, now: Millis) {
+        self.learning = Some(Learning::Asking { answers: BTreeMap::new(), resend_at: now });
+    }
+
+    /// Learner timers: (re)send Join or Register until a majority answered.
+    pub(super) fn tick_learning(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let resend_ms = (self.cfg.heartbeat_ms * 5).max(10);
+        let msg = match &mut self.learning {
+            Some(Learning::Asking { answers, resend_at }) if now >= *resend_at => {
+                *resend_at = now.plus(resend_ms);
+                let missing = self.peers.keys().filter(|id| !answers.contains_key(id));
+                Some((missing.copied().collect::<Vec<_>>(), PeerMsg::Join))
+            }
+            Some(Learning::Registering { answers, resend_at }) if now >= *resend_at => {
+                *resend_at = now.plus(resend_ms);
+                let missing = self.peers.keys().filter(|id| !answers.contains_key(id));
+                Some((missing.copied().collect::<Vec<_>>(), PeerMsg::Register))
+            }
+            _ => None,
+        };
+        if let Some((to, msg)) = msg {
+            self.send(to, msg, out);
         }
     }
 
-    fn blank_in_formed_cluster(&self) -> bool {
-        self.peers.values().any(|p| matches!(p.formation, Formation::Complete(_)))
-            && self.formation == Formation::Blank
+    /// A full member answers a learner's Join with what it records for its id.
+    pub(super) fn on_join(&mut self, from: ReplicaId, out: &mut Vec<Output>) {
+        if self.learner || !self.is_formed() {
+            return;
+        }
+        let recorded = self.incarnations.get(&from).copied();
+        self.send(vec![from], PeerMsg::JoinInfo { recorded }, out);
+    }
+
+    pub(super) fn on_join_info(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        from_learner: bool,
+        recorded: Option<Incarnation>,
+        out: &mut Vec<Output>,
+    ) {
+        let majority = quorum::majority(self.cfg.n);
+        let Some(Learning::Asking { answers, .. }) = &mut self.learning else { return };
+        if from_learner {
+            return;
+        }
+        answers.insert(from, recorded);
+        if answers.len() < majority {
+            return;
+        }
+        let highest = answers.values().flatten().map(|i| i.counter).max().unwrap_or(0);
+        let counter = highest.max(self.incarnation.counter) + 1;
+        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
+        self.incarnations.insert(self.cfg.id, self.incarnation);
+        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
+        crate::qlog!("learner: new incarnation {}; registering it", self.incarnation);
+        self.learning = Some(Learning::Registering { answers: BTreeMap::new(), resend_at: now });
+        self.tick_learning(now, out);
+    }
+
+    /// A full member records a learner's new incarnation durably, then answers
+    /// with its promised epoch (the executor syncs before it sends).
+    pub(super) fn on_register(&mut self, from: ReplicaId, inc: Incarnation, out: &mut Vec<Output>) {
+        if self.learner || !self.is_formed() {
+            return;
+        }
+        let known = self.incarnations.get(&from).copied();
+        if known.is_none_or(|k| inc.counter > k.counter) {
+            self.incarnations.insert(from, inc);
+            out.push(Output::Persist(Persist::Incarnations(BTreeMap::from([(from, inc)]))));
+            crate::qlog!("recorded new incarnation {inc} of replica {from}");
+            self.forget_votes_of(from);
+        } else if known != Some(inc) {
+            return;
+        }
+        self.send(vec![from], PeerMsg::Registered { promised: self.promise }, out);
+    }
+
+    /// A leader drops the votes a replica's old incarnation cast on slots not
+    /// yet chosen; the ACCEPT re-sends reach the new incarnation.
+    fn forget_votes_of(&mut self, id: ReplicaId) {
+        if let Role::Leader(l) = &mut self.role {
+            for tally in l.tallies.values_mut() {
+                tally.voters.remove(&id);
+            }
+        }
+    }
+
+    pub(super) fn on_registered(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        from_learner: bool,
+        promised: Epoch,
+        out: &mut Vec<Output>,
+    ) {
+        let majority = quorum::majority(self.cfg.n);
+        let Some(Learning::Registering { answers, .. }) = &mut self.learning else { return };
+        if from_learner {
+            return;
+        }
+        answers.insert(from, promised);
+        if answers.len() < majority {
+            return;
+        }
+        let adopted = answers.values().copied().max().unwrap_or_default().max(self.promise);
+        if adopted > self.promise {
+            self.persist_promise(adopted, None, out);
+        }
+        crate::qlog!("learner: registered with a majority; adopted epoch {adopted}; catching up");
+        self.learning = Some(Learning::CatchingUp { adopted, target: None });
+        let _ = now;
+    }
+
+    /// A learner hears a heartbeat: pick the catch-up target from the first
+    /// recovered leader of a high enough epoch, fetch, and promote when there.
+    pub(super) fn learner_heartbeat(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        epoch: Epoch,
+        progress: Option<(LogIndex, LogIndex)>,
+        out: &mut Vec<Output>,
+    ) {
+        self.leader = Some((from, epoch));
+        self.reset_election_deadline(now);
+        let Some((commit, last)) = progress else { return };
+        if let Some(Learning::CatchingUp { adopted, target }) = &mut self.learning {
+            if epoch >= *adopted && target.is_none() {
+                *target = Some(last);
+                crate::qlog!("learner: catching up to index {last} (leader {from}, epoch {epoch})");
+            }
+        }
+        self.learn_commit(now, from, epoch, commit, out);
+        self.maybe_promote(out);
+    }
+
+    /// Clears the learner mark once the catch-up target is reached.
+    pub(super) fn maybe_promote(&mut self, out: &mut Vec<Output>) {
+        let Some(Learning::CatchingUp { target: Some(target), .. }) = &self.learning else {
+            return;
+        };
+        if self.commit < *target {
+            return;
+        }
+        crate::qlog!("learner: caught up to {target}; full member again");
+        self.learning = None;
+        self.learner = false;
+        out.push(Output::Persist(Persist::Learner(false)));
+    }
+
+    /// The learner phase for STATUS.
+    pub(super) fn learning_phase(&self) -> Option<String> {
+        Some(match self.learning.as_ref()? {
+            Learning::Asking { answers, .. } => format!("join:{}", answers.len()),
+            Learning::Registering { answers, .. } => format!("register:{}", answers.len()),
+            Learning::CatchingUp { target: None, .. } => "catchup:waiting-for-leader".into(),
+            Learning::CatchingUp { target: Some(t), .. } => format!("catchup:{}/{t}", self.commit),
+        })
     }
 
     /// FORM, FORM-ACK and FORMED.
@@ -191,10 +388,8 @@ impl Replica {
 
     /// Why a client request cannot be served yet.
     pub(super) fn formation_wait_detail(&self) -> String {
-        if self.blank_in_formed_cluster() {
-            return "this replica's data directory is blank but the cluster is formed; \
-                    it does not serve until it rejoins"
-                .into();
+        if self.learner {
+            return "this replica is rejoining as a learner".into();
         }
         let heard: Vec<String> = self
             .peers

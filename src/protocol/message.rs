@@ -30,9 +30,20 @@ pub struct ReadAnswer {
     /// Log index of the PUT/CAS that last wrote the key; 0 when absent.
     pub version: u64,
     /// The applied value (empty when absent).
+    #[serde(with = "super::types::value_bytes")]
     pub value: Vec<u8>,
     /// True when the replica holds an entry for the key above its applied index.
     pub pending: bool,
+}
+
+/// One key of a snapshot chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotItem {
+    pub key: String,
+    /// The key's version (the index of the write that set it).
+    pub version: u64,
+    #[serde(with = "super::types::value_bytes")]
+    pub value: Vec<u8>,
 }
 
 /// Every message one replica sends another.
@@ -89,6 +100,21 @@ pub enum PeerMsg {
     /// Committed entries in order from the requested index, and the sender's
     /// commit index. Empty when the sender has nothing past `from`.
     FetchResp { entries: Vec<(LogIndex, Entry)>, commit: LogIndex },
+    /// Catch-up by snapshot: keys of the snapshot at `index` after key `after`
+    /// (from the first key when None); `done` on the last chunk.
+    SnapshotChunk { index: LogIndex, after: Option<String>, items: Vec<SnapshotItem>, done: bool },
+    /// The receiver asks for the chunk after `after` of snapshot `index`
+    /// (index 0: start a new transfer).
+    SnapshotReq { index: LogIndex, after: Option<String> },
+    /// A learner asks what every replica records for its id (answered from any
+    /// incarnation, so a wiped replica learns the counter to beat).
+    Join,
+    /// A full member's answer to Join: its table entry for the learner's id.
+    JoinInfo { recorded: Option<Incarnation> },
+    /// A learner asks every replica to record its new incarnation (in the envelope).
+    Register,
+    /// Recorded durably; `promised` is the member's promised epoch.
+    Registered { promised: Epoch },
     /// Formation: the highest id proposes the cluster id and every incarnation.
     Form { cluster_id: u64, incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// Formation: recorded durably.
@@ -118,6 +144,12 @@ impl PeerMsg {
             PeerMsg::ReadResp { .. } => "read_resp",
             PeerMsg::FetchReq { .. } => "fetch_req",
             PeerMsg::FetchResp { .. } => "fetch_resp",
+            PeerMsg::SnapshotChunk { .. } => "snapshot_chunk",
+            PeerMsg::SnapshotReq { .. } => "snapshot_req",
+            PeerMsg::Join => "join",
+            PeerMsg::JoinInfo { .. } => "join_info",
+            PeerMsg::Register => "register",
+            PeerMsg::Registered { .. } => "registered",
             PeerMsg::Form { .. } => "form",
             PeerMsg::FormAck { .. } => "form_ack",
             PeerMsg::Formed { .. } => "formed",

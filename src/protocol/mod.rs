@@ -57,8 +57,9 @@ mod inspect;
 mod membership;
 pub mod message;
 pub mod quorum;
-mod reads;
+pub mod reads;
 mod replication;
+mod snapshot;
 pub mod types;
 
 use crate::client::{ClientError, Reply, Request};
@@ -95,6 +96,8 @@ pub struct Config {
     pub election_timeout_ms: u64,
     /// A client request gets an answer within this time (`ERR TIMEOUT` at worst).
     pub request_timeout_ms: u64,
+    /// Applied entries between snapshots.
+    pub snapshot_every_entries: u64,
 }
 
 impl Config {
@@ -117,6 +120,8 @@ pub enum Input {
     LinkUp(ReplicaId),
     /// A link with this peer broke (EOF or error, as after kill -9).
     LinkDown(ReplicaId),
+    /// A snapshot asked for with `Output::SaveSnapshot` is durable.
+    SnapshotSaved(LogIndex),
 }
 
 /// One thing the executor must do, in order.
@@ -128,6 +133,8 @@ pub enum Output {
     Send { to: Vec<ReplicaId>, env: Envelope },
     /// Answer a client request.
     Reply { req: ReqId, reply: Reply },
+    /// Save this snapshot; report `Input::SnapshotSaved` when it is durable.
+    SaveSnapshot(std::sync::Arc<durable::Snapshot>),
 }
 
 /// Who is waiting for a write's outcome.
@@ -195,8 +202,30 @@ pub struct Stats {
     pub read_fallbacks: u64,
     /// Entries installed through catch-up.
     pub caught_up_entries: u64,
-    /// When the last election began and ended, and who won (for STATUS).
-    pub last_election: Option<(Millis, Option<Millis>)>,
+    /// Snapshots installed through catch-up.
+    pub snapshots_installed: u64,
+    /// Leader changes this replica saw (it followed or became a new leader).
+    pub leader_changes: u64,
+    /// The last election as this replica saw it (for STATUS).
+    pub last_election: Option<ElectionRecord>,
+    /// The one before, restored when an election ends with the same leader.
+    pub previous_election: Option<ElectionRecord>,
+    /// The leader (and epoch) of the last completed election.
+    pub last_leader: Option<(ReplicaId, Epoch)>,
+}
+
+/// One election as one replica saw it: from losing its leader (or starting
+/// up) to following or becoming the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElectionRecord {
+    /// When the replica lost its leader or started campaigning.
+    pub started: Millis,
+    /// When it followed or became the new leader; None while running.
+    pub ended: Option<Millis>,
+    /// The new leader.
+    pub winner: Option<ReplicaId>,
+    /// The new leader's epoch.
+    pub epoch: Epoch,
 }
 
 /// One replica's whole protocol state. See the module docs for the story.
@@ -258,8 +287,20 @@ pub struct Replica {
     commit_persisted: LogIndex,
     /// The highest commit index a leader told us about (catch-up target).
     catchup_to: LogIndex,
-    /// Logged once: our directory is blank but the cluster is formed.
-    blank_warned: bool,
+    /// A learner's progress towards full membership (DESIGN §6).
+    learning: Option<membership::Learning>,
+    /// The log holds no entries at or below this index (a snapshot covers them).
+    snapshot_index: LogIndex,
+    /// A snapshot save in flight, by index.
+    snapshot_pending: Option<LogIndex>,
+    /// Snapshot at the next flush regardless of the interval.
+    snapshot_requested: bool,
+    /// Snapshots being sent, per receiver.
+    outgoing: BTreeMap<ReplicaId, snapshot::Outgoing>,
+    /// A snapshot being received.
+    incoming: Option<snapshot::Incoming>,
+    /// Follower DUMPs waiting to apply up to the leader-confirmed index.
+    barriers: Vec<(ReqId, LogIndex)>,
 }
 
 impl Replica {
@@ -306,13 +347,26 @@ impl Replica {
             now: Millis(0),
             commit_persisted: durable.commit,
             catchup_to: LogIndex(0),
-            blank_warned: false,
+            learning: None,
+            snapshot_index: LogIndex(0),
+            snapshot_pending: None,
+            snapshot_requested: false,
+            outgoing: BTreeMap::new(),
+            incoming: None,
+            barriers: Vec::new(),
             cfg,
         };
+        if let Some(snap) = durable.snapshot {
+            replica.store = snap.store;
+            replica.commit = snap.index;
+            replica.applied = snap.index;
+            replica.snapshot_index = snap.index;
+            replica.log.retain(|i, _| *i > snap.index);
+        }
         // Every slot up to the recorded commit index was chosen; the log still
         // holds them all (no compaction yet), so re-apply them in order.
         let recorded = durable.commit;
-        let mut index = LogIndex(1);
+        let mut index = replica.commit.next();
         while index <= recorded && replica.log.contains_key(&index) {
             replica.commit = index;
             index = index.next();
@@ -330,9 +384,14 @@ impl Replica {
             out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
         }
         self.incarnations.insert(self.cfg.id, self.incarnation);
+        if self.learner {
+            crate::qlog!("learner: restarted before promotion; rejoining");
+            self.begin_learning(now);
+        }
         // A restarted replica listens for a current leader for one election
         // timeout before it campaigns, so a restart does not depose a healthy leader.
         self.reset_election_deadline(now);
+        self.open_election(now);
     }
 
     /// Handles one input.
@@ -343,7 +402,8 @@ impl Replica {
             Input::Peer(env) => self.on_peer(now, env, out),
             Input::Client { req, request } => self.on_client(now, req, request, out),
             Input::LinkUp(id) => self.on_link_up(now, id, out),
-            Input::LinkDown(id) => self.on_link_down(now, id),
+            Input::LinkDown(id) => self.on_link_down(now, id, out),
+            Input::SnapshotSaved(index) => self.on_snapshot_saved(index, out),
         }
     }
 
@@ -354,6 +414,7 @@ impl Replica {
         self.flush_proposals(now, out);
         self.flush_votes(out);
         self.flush_commits(out);
+        self.maybe_snapshot(out);
     }
 
     fn on_tick(&mut self, now: Millis, out: &mut Vec<Output>) {
@@ -361,9 +422,11 @@ impl Replica {
         if !self.is_formed() {
             return;
         }
+        self.tick_learning(now, out);
         self.tick_election(now, out);
         self.tick_replication(now, out);
         self.tick_reads(now, out);
+        self.tick_snapshots(now);
     }
 
     fn on_link_up(&mut self, now: Millis, id: ReplicaId, out: &mut Vec<Output>) {
@@ -374,14 +437,14 @@ impl Replica {
         self.tick_formation(now, out);
     }
 
-    fn on_link_down(&mut self, now: Millis, id: ReplicaId) {
+    fn on_link_down(&mut self, now: Millis, id: ReplicaId, out: &mut Vec<Output>) {
         if let Some(p) = self.peers.get_mut(&id) {
             p.link_up = false;
         }
         // A reset link to the leader (kill -9) starts an election at once, after
         // a short jitter, instead of waiting out the timeout (DESIGN §3.2).
         if matches!(self.role, Role::Follower) && self.leader.map(|(l, _)| l) == Some(id) {
-            self.leader = None;
+            self.lose_leader(now, out);
             let jitter = self.rng.random_range(0..=self.cfg.heartbeat_ms.max(1));
             self.election_deadline = self.election_deadline.min(now.plus(jitter));
         }
@@ -391,8 +454,20 @@ impl Replica {
     /// then dispatches on the message.
     fn on_peer(&mut self, now: Millis, env: Envelope, out: &mut Vec<Output>) {
         let from = env.from;
-        if from == self.cfg.id || !self.peers.contains_key(&from) {
+        if from == self.cfg.id && env.incarnation == self.incarnation {
+            // Our own vote, handed back by the executor once our write is durable.
+            if let PeerMsg::Vote { epoch, accepted, .. } = env.msg {
+                self.on_vote(now, from, epoch, accepted, out);
+            }
+            return;
+        }
+        if !self.peers.contains_key(&from) {
             self.stats.dropped_messages += 1;
+            return;
+        }
+        if matches!(env.msg, PeerMsg::Join) {
+            // Answered from any incarnation: a wiped replica learns the counter to beat.
+            self.on_join(from, out);
             return;
         }
         if self.is_stale_incarnation(from, env.incarnation) {
@@ -435,7 +510,13 @@ impl Replica {
                 self.on_coordinator(now, from, inc, epoch, commit, out)
             }
             PeerMsg::Promise { epoch, commit, entries, truncated, incarnations } => {
-                let info = election::PromiseInfo { commit, entries, truncated, incarnation: inc };
+                let info = election::PromiseInfo {
+                    commit,
+                    entries,
+                    truncated,
+                    incarnation: inc,
+                    table: BTreeMap::new(),
+                };
                 self.on_promise(now, from, epoch, info, incarnations, out)
             }
             PeerMsg::Refuse { epoch, promised } => self.on_refuse(now, epoch, promised, out),
@@ -458,9 +539,23 @@ impl Replica {
             }
             PeerMsg::ReadReq { read, key } => self.on_read_req(from, read, key, out),
             PeerMsg::ReadResp { read, answer } => self.on_read_resp(now, from, read, answer, out),
-            PeerMsg::FetchReq { from: index } => self.on_fetch_req(from, index, out),
+            PeerMsg::FetchReq { from: index } => self.on_fetch_req(now, from, index, out),
             PeerMsg::FetchResp { entries, commit } => {
                 self.on_fetch_resp(now, from, entries, commit, out)
+            }
+            PeerMsg::SnapshotChunk { index, after, items, done } => {
+                self.on_snapshot_chunk(now, from, index, after, items, done, out)
+            }
+            PeerMsg::SnapshotReq { index, after } => {
+                self.on_snapshot_req(now, from, index, after, out)
+            }
+            PeerMsg::Join => self.on_join(from, out),
+            PeerMsg::JoinInfo { recorded } => {
+                self.on_join_info(now, from, env.learner, recorded, out)
+            }
+            PeerMsg::Register => self.on_register(from, inc, out),
+            PeerMsg::Registered { promised } => {
+                self.on_registered(now, from, env.learner, promised, out)
             }
             msg @ (PeerMsg::Form { .. } | PeerMsg::FormAck { .. } | PeerMsg::Formed { .. }) => {
                 self.on_formation_msg(now, from, msg, out)
@@ -480,6 +575,7 @@ impl Replica {
             }
             Request::Get { key } => self.start_read(now, req, key, false, out),
             Request::GetV { key } => self.start_read(now, req, key, true, out),
+            Request::Dump => self.start_dump(now, req, out),
             Request::Status | Request::Metrics | Request::Help | Request::Quit => {
                 let detail = "not a replicated command".to_string();
                 reply(out, req, Reply::Error(ClientError::BadCmd(detail)))
@@ -529,7 +625,7 @@ impl Replica {
         // proposed that can never commit.
         if let Role::Leader(l) = &self.role {
             for (id, at) in &l.last_ack {
-                let link_up = self.peers.get(id).is_some_and(|p| p.link_up);
+                let link_up = self.peers.get(id).is_some_and(|p| p.link_up && !p.learner);
                 if now.since(*at) <= horizon && link_up {
                     live.insert(*id);
                 }
@@ -675,6 +771,9 @@ impl Replica {
                 if lag.is_empty() { "-".into() } else { lag.join(",") }
             ));
         }
+        if let Some(phase) = self.learning_phase() {
+            s.push_str(&format!(" learning={phase}"));
+        }
         if let Some(c) = self.catchup_target() {
             s.push_str(&format!(" catchup={}/{}", self.commit, c));
         }
@@ -683,11 +782,19 @@ impl Replica {
             Formation::Pending(id) => format!("pending:{id:016x}"),
             Formation::Complete(id) => format!("{id:016x}"),
         };
-        s.push_str(&format!(" cluster={formation} elections={}", self.stats.elections_started));
-        if let Some((start, end)) = self.stats.last_election {
-            match end {
-                Some(end) => s.push_str(&format!(" last_election_ms={}", end.since(start))),
-                None => s.push_str(&format!(" election_running_ms={}", now.since(start))),
+        s.push_str(&format!(
+            " cluster={formation} elections={} elections_started={}",
+            self.stats.leader_changes, self.stats.elections_started
+        ));
+        if let Some(e) = self.stats.last_election {
+            match (e.ended, e.winner) {
+                (Some(end), Some(winner)) => s.push_str(&format!(
+                    " last_election_ms={} last_election_ago_ms={} last_winner={winner} last_winner_epoch={}",
+                    end.since(e.started),
+                    now.since(e.started),
+                    e.epoch
+                )),
+                _ => s.push_str(&format!(" election_running_ms={}", now.since(e.started))),
             }
         }
         s

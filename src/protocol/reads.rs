@@ -2,7 +2,7 @@
 //! on one version and none holds a pending entry for the key; otherwise retry
 //! with backoff, and after a few rounds fall back to the leader's read-index.
 
-use super::election::ReadIndexWait;
+use super::election::{ReadIndexWait, ReadKind};
 use super::message::{PeerMsg, ReadAnswer};
 use super::replication::Origin;
 use super::types::{Millis, ReplicaId, ReqId};
@@ -184,7 +184,8 @@ impl Replica {
         if self.is_serving_leader() {
             let read = self.reads.remove(&id).expect("present");
             self.stats.read_fallbacks += 1;
-            self.read_index(now, Waiter::Local(read.req), read.key, read.with_version, out);
+            let kind = ReadKind::Key { key: read.key, with_version: read.with_version };
+            self.read_index(now, Waiter::Local(read.req), kind, out);
             return None;
         }
         let (leader, epoch) = match self.leader {
@@ -246,8 +247,7 @@ impl Replica {
         &mut self,
         now: Millis,
         waiter: Waiter,
-        key: String,
-        with_version: bool,
+        kind: ReadKind,
         out: &mut Vec<Output>,
     ) {
         if !self.is_serving_leader() {
@@ -259,7 +259,7 @@ impl Replica {
         let deadline = now.plus(self.cfg.request_timeout_ms);
         let l = self.leadership_mut();
         let seq = l.hb_seq + 1;
-        l.read_index.push(ReadIndexWait { waiter, key, with_version, seq, commit_at, deadline });
+        l.read_index.push(ReadIndexWait { waiter, kind, seq, commit_at, deadline });
         l.heartbeat_now = true;
         self.check_read_index(out);
     }
@@ -280,8 +280,15 @@ impl Replica {
             });
         l.read_index = waiting;
         for r in ready {
-            let (version, value) = self.store.get(&r.key).cloned().unwrap_or((0, Vec::new()));
-            self.answer(r.waiter, read_reply(r.with_version, version, value), out);
+            let answer = match r.kind {
+                ReadKind::Key { key, with_version } => {
+                    let (version, value) = self.store.get(&key).cloned().unwrap_or((0, Vec::new()));
+                    read_reply(with_version, version, value)
+                }
+                ReadKind::Dump => Reply::Lines(self.dump_lines()),
+                ReadKind::Barrier => Reply::Written(r.commit_at.0),
+            };
+            self.answer(r.waiter, answer, out);
         }
     }
 
@@ -304,5 +311,71 @@ fn read_reply(with_version: bool, version: u64, value: Vec<u8>) -> Reply {
         (0, _) => Reply::NotFound,
         (v, true) => Reply::Version(v, value),
         (_, false) => Reply::Value(value),
+    }
+}
+
+/// One line of a DUMP.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct DumpLine {
+    pub key: String,
+    pub version: u64,
+    #[serde(with = "super::types::value_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl Replica {
+    /// DUMP (DESIGN §8, backups): the store consistent at one commit index.
+    /// The leader confirms its lead (read-index) and answers; a follower gets
+    /// the confirmed commit index from the leader, waits until it applied that
+    /// far, and dumps its own store.
+    pub(super) fn start_dump(&mut self, now: Millis, req: ReqId, out: &mut Vec<Output>) {
+        if matches!(self.role, Role::Leader(_)) {
+            return self.read_index(now, Waiter::Local(req), ReadKind::Dump, out);
+        }
+        match self.leader {
+            Some((leader, epoch)) => {
+                self.forward(now, Origin::Barrier(req), leader, epoch, Request::Dump, out)
+            }
+            None => {
+                let detail = "no leader to confirm a consistent dump; retry".to_string();
+                reply(out, req, Reply::Error(ClientError::NoLeader(detail)));
+            }
+        }
+    }
+
+    /// The leader confirmed commit index `index` for a follower's DUMP.
+    pub(super) fn barrier_confirmed(&mut self, req: ReqId, answer: Reply, out: &mut Vec<Output>) {
+        match answer {
+            Reply::Written(index) => {
+                self.barriers.push((req, super::types::LogIndex(index)));
+                self.check_barriers(out);
+            }
+            other => reply(out, req, other),
+        }
+    }
+
+    /// Answers follower DUMPs whose confirmed index is applied here.
+    pub(super) fn check_barriers(&mut self, out: &mut Vec<Output>) {
+        if self.barriers.is_empty() {
+            return;
+        }
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.barriers).into_iter().partition(|(_, i)| applied >= *i);
+        self.barriers = waiting;
+        for (req, _) in ready {
+            reply(out, req, Reply::Lines(self.dump_lines()));
+        }
+    }
+
+    /// The store as JSON lines: a header with the commit index, then one line per key.
+    pub(super) fn dump_lines(&self) -> Vec<String> {
+        let mut lines = Vec::with_capacity(self.store.len() + 1);
+        lines.push(format!("{{\"commit\":{},\"keys\":{}}}", self.applied, self.store.len()));
+        for (key, (version, value)) in &self.store {
+            let line = DumpLine { key: key.clone(), version: *version, value: value.clone() };
+            lines.push(serde_json::to_string(&line).expect("a dump line is plain data"));
+        }
+        lines
     }
 }

@@ -2,7 +2,7 @@
 //! index order → apply → reply → COMMIT; forwarding from followers; fetching
 //! committed entries a replica missed.
 
-use super::election::{Dedup, DedupKey, QueuedWrite, Tally};
+use super::election::{Dedup, DedupKey, QueuedWrite, ReadKind, Tally};
 use super::message::PeerMsg;
 use super::types::{
     Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId, ReqId,
@@ -12,6 +12,12 @@ use super::{
 };
 use crate::client::{ClientError, Reply, Request};
 
+/// How often a leader sweeps its waiting writes for expired deadlines.
+const SWEEP_MS: u64 = 10;
+
+/// No honest leader gets near this slot number; a peer message naming one is dropped.
+pub const INDEX_MAX: u64 = 1 << 62;
+
 /// Who a forward answers when the leader replies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Origin {
@@ -19,6 +25,8 @@ pub(super) enum Origin {
     Client(ReqId),
     /// A quorum read that fell back to the leader (by read id).
     Read(u64),
+    /// A follower's DUMP waiting for the leader to confirm a commit index.
+    Barrier(ReqId),
 }
 
 /// A write (or fallback read) forwarded to the leader of `epoch`.
@@ -118,6 +126,7 @@ impl Replica {
         match origin {
             Origin::Client(req) => reply(out, req, answer),
             Origin::Read(read) => self.finish_fallback_read(read, answer, out),
+            Origin::Barrier(req) => self.barrier_confirmed(req, answer, out),
         }
     }
 
@@ -160,10 +169,14 @@ impl Replica {
             return;
         }
         let waiter = Waiter::Remote { from, boot, req };
-        match request {
-            Request::Get { key } => return self.read_index(now, waiter, key, false, out),
-            Request::GetV { key } => return self.read_index(now, waiter, key, true, out),
-            _ => {}
+        let kind = match &request {
+            Request::Get { key } => Some(ReadKind::Key { key: key.clone(), with_version: false }),
+            Request::GetV { key } => Some(ReadKind::Key { key: key.clone(), with_version: true }),
+            Request::Dump => Some(ReadKind::Barrier),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            return self.read_index(now, waiter, kind, out);
         }
         let key: DedupKey = (from, boot, req.0);
         match l.dedup.get(&key) {
@@ -188,7 +201,8 @@ impl Replica {
         request: Request,
         out: &mut Vec<Output>,
     ) {
-        if self.lacks_write_quorum(now) {
+        let lacks_quorum = self.lacks_write_quorum(now);
+        if lacks_quorum && !self.is_settling(now) {
             let err = self.no_quorum(now);
             self.answer(waiter, Reply::Error(err), out);
             return;
@@ -196,7 +210,8 @@ impl Replica {
         let deadline = now.plus(self.cfg.request_timeout_ms);
         let serving = self.is_serving_leader();
         let l = self.leadership_mut();
-        if !serving || l.tallies.len() >= INFLIGHT_ENTRIES_MAX || !l.queued.is_empty() {
+        let full = l.tallies.len() >= INFLIGHT_ENTRIES_MAX;
+        if lacks_quorum || !serving || full || !l.queued.is_empty() {
             l.queued.push_back(QueuedWrite { waiter, request, deadline });
             return;
         }
@@ -226,37 +241,27 @@ impl Replica {
         l.unsent.push(index);
     }
 
-    /// Leader: persists the batch of new entries, counts our own vote (only
-    /// now, after the Persist, so no OK can precede our own fsync), sends ACCEPT.
+    /// Leader: persists the batch of new entries and sends ACCEPT. Our own
+    /// vote is a Vote to ourselves: the executor holds it until the batch is
+    /// durable, so no commit, COMMIT or OK ever rests on our unsynced write.
     pub(super) fn flush_proposals(&mut self, now: Millis, out: &mut Vec<Output>) {
         let me = self.cfg.id;
         let commit = self.is_serving_leader().then_some(self.commit);
         let Role::Leader(l) = &mut self.role else { return };
-        if l.unsent.is_empty() {
-            if l.heartbeat_now {
-                self.send_heartbeat(now, out);
+        if !l.unsent.is_empty() {
+            let unsent = std::mem::take(&mut l.unsent);
+            let epoch = l.epoch;
+            let entries: Vec<(LogIndex, Entry)> =
+                unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
+            out.push(Output::Persist(Persist::Accept(entries.clone())));
+            let others = self.others();
+            for chunk in entries.chunks(BATCH_ENTRIES_MAX) {
+                let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit };
+                self.send(others.clone(), msg, out);
             }
-            return;
+            let own = PeerMsg::Vote { epoch, accepted: unsent, promised: epoch };
+            self.send(vec![me], own, out);
         }
-        let unsent = std::mem::take(&mut l.unsent);
-        let epoch = l.epoch;
-        let entries: Vec<(LogIndex, Entry)> =
-            unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
-        out.push(Output::Persist(Persist::Accept(entries.clone())));
-        for index in &unsent {
-            if let Some(t) = l.tallies.get_mut(index) {
-                t.voters.insert(me);
-            }
-        }
-        let others = self.others();
-        for chunk in entries.chunks(BATCH_ENTRIES_MAX) {
-            let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit };
-            self.send(others.clone(), msg, out);
-        }
-        for index in unsent {
-            self.maybe_choose(index);
-        }
-        self.advance_commit(now, out);
         if let Role::Leader(l) = &mut self.role {
             if l.heartbeat_now {
                 self.send_heartbeat(now, out);
@@ -342,9 +347,22 @@ impl Replica {
                 self.stats.dropped_messages += 1;
                 continue;
             }
+            if index.0 == 0 || index.0 > INDEX_MAX {
+                self.stats.dropped_messages += 1;
+                continue;
+            }
             if index <= self.commit {
                 let held = self.log.get(&index).map(|e| e.id);
-                assert_eq!(held, Some(entry.id), "chosen slot {index} would change its entry id");
+                if index > self.snapshot_index && held != Some(entry.id) {
+                    // A correct leader re-proposes the chosen entry of every
+                    // slot it recovered; anything else is a broken peer.
+                    crate::qlog!(
+                        "refusing ACCEPT from {from}: committed slot {index} holds {held:?}, not {}",
+                        entry.id
+                    );
+                    self.stats.dropped_messages += 1;
+                    continue;
+                }
                 accepted.push(index);
                 continue;
             }
@@ -371,11 +389,14 @@ impl Replica {
         accepted: Vec<LogIndex>,
         out: &mut Vec<Output>,
     ) {
+        let me = self.cfg.id;
         let Role::Leader(l) = &mut self.role else { return };
         if l.epoch != epoch || accepted.is_empty() {
             return;
         }
-        l.last_ack.insert(from, now);
+        if from != me {
+            l.last_ack.insert(from, now);
+        }
         for index in &accepted {
             if let Some(t) = l.tallies.get_mut(index) {
                 t.voters.insert(from);
@@ -454,12 +475,26 @@ impl Replica {
         }
         if self.commit > before {
             self.apply_committed(out);
-            if let Role::Leader(l) = &mut self.role {
-                l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
-            }
-            self.maybe_finish_recovery(now, out);
-            self.check_read_index(out);
+            self.after_commit_moved(now, out);
         }
+    }
+
+    /// Everything that waits for the commit index to move.
+    fn after_commit_moved(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if let Role::Leader(l) = &mut self.role {
+            l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
+        }
+        self.maybe_finish_recovery(now, out);
+        self.check_read_index(out);
+        self.check_barriers(out);
+        self.maybe_promote(out);
+    }
+
+    /// The commit index jumped (a snapshot was installed): run what waits for
+    /// it, then commit whatever chosen entries follow.
+    pub(super) fn after_commit_jump(&mut self, now: Millis, out: &mut Vec<Output>) {
+        self.after_commit_moved(now, out);
+        self.advance_commit(now, out);
     }
 
     /// Applies committed slots in order and answers their waiters (leader).
@@ -509,8 +544,10 @@ impl Replica {
             Waiter::Local(req) => reply(out, req, answer),
             Waiter::Remote { from, boot, req } => {
                 if let Role::Leader(l) = &mut self.role {
-                    if let Some(d) = l.dedup.get_mut(&(from, boot, req.0)) {
+                    let key = (from, boot, req.0);
+                    if let Some(d) = l.dedup.get_mut(&key) {
                         *d = Dedup::Done(answer.clone(), self.now);
+                        l.dedup_expiry.push_back((self.now, key));
                     }
                 }
                 self.send(vec![from], PeerMsg::ForwardReply { req, boot, reply: answer }, out);
@@ -520,14 +557,25 @@ impl Replica {
 
     /// Asks `from` for committed entries past our commit index, one request at a time.
     pub(super) fn request_fetch(&mut self, now: Millis, from: ReplicaId, out: &mut Vec<Output>) {
-        if self.fetch.is_some_and(|(_, deadline)| now < deadline) {
+        if self.fetch.is_some_and(|(_, deadline)| now < deadline) || self.incoming.is_some() {
             return;
         }
         self.fetch = Some((from, now.plus(self.cfg.election_timeout_ms)));
         self.send(vec![from], PeerMsg::FetchReq { from: self.commit.next() }, out);
     }
 
-    pub(super) fn on_fetch_req(&mut self, from: ReplicaId, index: LogIndex, out: &mut Vec<Output>) {
+    pub(super) fn on_fetch_req(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        index: LogIndex,
+        out: &mut Vec<Output>,
+    ) {
+        if index <= self.snapshot_index && index <= self.commit {
+            // Compacted away: the store itself is the catch-up.
+            self.start_snapshot_transfer(now, from, out);
+            return;
+        }
         let entries: Vec<(LogIndex, Entry)> = if index <= self.commit && index.0 > 0 {
             self.log
                 .range(index..=self.commit)
@@ -671,8 +719,15 @@ impl Replica {
         progress: Option<(LogIndex, LogIndex)>,
         out: &mut Vec<Output>,
     ) {
-        if self.owner(epoch) != from || self.learner {
+        if self.owner(epoch) != from {
             self.stats.dropped_messages += 1;
+            return;
+        }
+        if self.learner {
+            // A learner's ack must not count as liveness: it only catches up.
+            if epoch >= self.promise {
+                self.learner_heartbeat(now, from, epoch, progress, out);
+            }
             return;
         }
         let ack = PeerMsg::HeartbeatAck { epoch, seq, commit: self.commit };
@@ -725,8 +780,9 @@ impl Replica {
         commit: LogIndex,
         out: &mut Vec<Output>,
     ) {
+        let from_learner = self.peers.get(&from).is_some_and(|p| p.learner);
         let Role::Leader(l) = &mut self.role else { return };
-        if l.epoch != epoch {
+        if l.epoch != epoch || from_learner {
             return;
         }
         l.last_ack.insert(from, now);
@@ -754,8 +810,8 @@ impl Replica {
         for (req, request, deadline) in waiting {
             if now >= deadline {
                 let detail = match self.stats.last_election {
-                    Some((start, None)) => {
-                        format!("election in progress for {}ms", now.since(start))
+                    Some(e) if e.ended.is_none() => {
+                        format!("election in progress for {}ms", now.since(e.started))
                     }
                     _ => format!("no leader known within {}ms", self.cfg.request_timeout_ms),
                 };
@@ -793,12 +849,34 @@ impl Replica {
         }
     }
 
+    /// True for one election timeout after becoming leader: replicas that
+    /// promised late or were not asked have not answered a heartbeat yet, so a
+    /// missing write quorum is not yet evidence; writes wait instead of failing.
+    pub(super) fn is_settling(&self, now: Millis) -> bool {
+        match &self.role {
+            Role::Leader(l) => now.since(l.since) < self.cfg.election_timeout_ms,
+            _ => false,
+        }
+    }
+
     fn tick_leader_writes(&mut self, now: Millis, out: &mut Vec<Output>) {
         let serving = self.is_serving_leader();
+        let lacks_quorum = self.lacks_write_quorum(now);
+        let refuse = lacks_quorum && !self.is_settling(now);
+        let no_quorum = self.no_quorum(now);
         let request_timeout_ms = self.cfg.request_timeout_ms;
         let l = self.leadership_mut();
-        let expired: Vec<LogIndex> =
-            l.waiters.iter().filter(|(_, (_, d))| now >= *d).map(|(i, _)| *i).collect();
+        // Deadlines are checked in a sweep every few ms, not on every tick:
+        // with thousands of writes in flight a scan per event would dominate.
+        let sweep = now >= l.next_sweep;
+        if sweep {
+            l.next_sweep = now.plus(SWEEP_MS);
+        }
+        let expired: Vec<LogIndex> = if sweep {
+            l.waiters.iter().filter(|(_, (_, d))| now >= *d).map(|(i, _)| *i).collect()
+        } else {
+            Vec::new()
+        };
         let mut answers = Vec::new();
         for index in expired {
             let (waiter, _) = l.waiters.remove(&index).expect("listed");
@@ -810,10 +888,13 @@ impl Replica {
         let mut keep = std::collections::VecDeque::new();
         let mut ready = Vec::new();
         while let Some(q) = l.queued.pop_front() {
-            if now >= q.deadline {
+            if refuse {
+                answers.push((q.waiter, Reply::Error(no_quorum.clone())));
+            } else if now >= q.deadline {
                 let detail = format!("write not proposed within {request_timeout_ms}ms");
                 answers.push((q.waiter, Reply::Error(ClientError::NoLeader(detail))));
             } else if serving
+                && !lacks_quorum
                 && l.tallies.len() + ready.len() < INFLIGHT_ENTRIES_MAX
                 && keep.is_empty()
             {
@@ -824,10 +905,12 @@ impl Replica {
         }
         l.queued = keep;
         let horizon = 2 * request_timeout_ms;
-        l.dedup.retain(|_, d| match d {
-            Dedup::Pending => true,
-            Dedup::Done(_, at) => now.since(*at) <= horizon,
-        });
+        while l.dedup_expiry.front().is_some_and(|(at, _)| now.since(*at) > horizon) {
+            let (at, key) = l.dedup_expiry.pop_front().expect("checked above");
+            if matches!(l.dedup.get(&key), Some(Dedup::Done(_, done)) if *done == at) {
+                l.dedup.remove(&key);
+            }
+        }
         for (waiter, answer) in answers {
             self.answer(waiter, answer, out);
         }

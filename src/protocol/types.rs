@@ -62,12 +62,21 @@ pub enum Command {
     /// Fills a slot without changing the store (recovery holes, a new leader's first entry).
     Noop,
     /// Sets `key` to `value`; the key's version becomes the entry's index.
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        #[serde(with = "value_bytes")]
+        value: Vec<u8>,
+    },
     /// Removes `key`; its version becomes 0. A log entry, never a local removal.
     Del { key: String },
     /// Sets `key` to `value` only if the key's version is `version` at apply time
     /// (0 = only if absent). Every replica decides it the same way.
-    Cas { key: String, version: u64, value: Vec<u8> },
+    Cas {
+        key: String,
+        version: u64,
+        #[serde(with = "value_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -158,5 +167,81 @@ impl Millis {
     /// Milliseconds from `earlier` to `self`, 0 if `earlier` is later.
     pub fn since(self, earlier: Millis) -> u64 {
         self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// Serde adapter for value bytes: in JSON (the WAL) a value that is valid
+/// UTF-8 is a string, anything else an array of bytes, so records stay compact
+/// and readable; in binary formats (peer frames, snapshots) it is raw bytes.
+pub mod value_bytes {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    /// Serializes a value.
+    pub fn serialize<S: Serializer>(value: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_bytes(value);
+        }
+        match std::str::from_utf8(value) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => serde::Serialize::serialize(value, s),
+        }
+    }
+
+    /// Deserializes a value written by [`serialize`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(ValueVisitor)
+        } else {
+            d.deserialize_byte_buf(ValueVisitor)
+        }
+    }
+
+    struct ValueVisitor;
+
+    impl<'de> Visitor<'de> for ValueVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or a sequence of bytes")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            Ok(v.as_bytes().to_vec())
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Vec<u8>, E> {
+            Ok(v.into_bytes())
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64 * 1024));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct V(#[serde(with = "super")] Vec<u8>);
+
+        #[test]
+        fn values_round_trip_in_json_and_postcard() {
+            for bytes in [b"hello world".to_vec(), vec![0xff, 0, 10, 13], Vec::new()] {
+                let v = V(bytes);
+                let json = serde_json::to_string(&v).unwrap();
+                assert_eq!(serde_json::from_str::<V>(&json).unwrap(), v, "json {json}");
+                let bin = postcard::to_stdvec(&v).unwrap();
+                assert_eq!(postcard::from_bytes::<V>(&bin).unwrap(), v);
+            }
+            assert_eq!(serde_json::to_string(&V(b"a b".to_vec())).unwrap(), "\"a b\"");
+        }
     }
 }

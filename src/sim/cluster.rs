@@ -2,9 +2,11 @@
 //! all on one [`SimNetwork`] and one simulated clock (DESIGN §7).
 //!
 //! Every batch of inputs goes through `Replica::step`, then `Replica::flush`,
-//! and its outputs through the server's own executor (`crate::exec::execute`):
-//! persists, one sync, then sends and replies. The checkers run after every
-//! batch. Link events follow what TCP would report: `LinkUp` at start, after a
+//! and its outputs through the server's own [`Executor`]: persists, one sync,
+//! then sends and replies, with messages that report durable state held until
+//! their sync is done and the replica's own votes fed back in once durable, as
+//! the server's event loop does. Syncs and snapshot saves may take simulated
+//! time. The checkers run after every batch. Link events follow what TCP would report: `LinkUp` at start, after a
 //! restart and after a partition heals; `LinkDown` when a peer crashes (a
 //! reset); nothing for a paused (SIGSTOPped) or partitioned peer, whose
 //! sockets stay open.
@@ -14,11 +16,12 @@ use super::disk::SimDisk;
 use super::fmt;
 use super::net::{Msg, SimNetwork};
 use crate::client::{Reply, Request};
-use crate::exec::{self, Network};
+use crate::exec::{Executor, Network};
 use crate::protocol::durable::Persist;
 use crate::protocol::message::Envelope;
 use crate::protocol::types::{Epoch, Formation, Incarnation, LogIndex, Millis, ReplicaId, ReqId};
 use crate::protocol::{quorum, Config, Input, Output, Replica};
+use crate::storage::Storage;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The cluster id of a pre-formed cluster.
@@ -42,6 +45,12 @@ pub struct SimConfig {
     /// Start from directories that already hold a complete formation (golden
     /// scripts, property tests); otherwise the replicas form the cluster.
     pub formed: bool,
+    /// Applied entries between snapshots.
+    pub snapshot_every_entries: u64,
+    /// fsync latency range (inclusive); 0..=0 makes syncs finish at once.
+    pub fsync_ms: (u64, u64),
+    /// Time to write a snapshot file.
+    pub snapshot_ms: u64,
 }
 
 impl SimConfig {
@@ -57,6 +66,9 @@ impl SimConfig {
             request_timeout_ms: 1000,
             tick_ms: 10,
             formed: true,
+            snapshot_every_entries: 1000,
+            fsync_ms: (0, 0),
+            snapshot_ms: 0,
         }
     }
 
@@ -69,6 +81,7 @@ impl SimConfig {
             heartbeat_ms: self.heartbeat_ms,
             election_timeout_ms: self.election_timeout_ms,
             request_timeout_ms: self.request_timeout_ms,
+            snapshot_every_entries: self.snapshot_every_entries,
         }
     }
 }
@@ -114,6 +127,8 @@ struct Node {
     /// None while crashed.
     replica: Option<Replica>,
     disk: SimDisk,
+    /// The process's output executor (holds durable-state messages for their sync).
+    exec: Executor,
     /// SIGSTOPped: gets no inputs; they wait in `held`.
     paused: bool,
     held: Vec<Input>,
@@ -176,7 +191,7 @@ impl Summary {
 }
 
 /// The executor's network: puts sends on the simulated wire and collects
-/// replies; a mid-send crash cuts everything after it.
+/// replies; an armed mid-send kill cuts everything after it.
 struct Wire<'a> {
     net: &'a mut SimNetwork,
     now: Millis,
@@ -184,6 +199,32 @@ struct Wire<'a> {
     cut_off: bool,
     replies: Vec<(ReqId, Reply)>,
     trace: &'a mut Trace,
+}
+
+/// What a wire did.
+struct WireDone {
+    sends_left: Option<usize>,
+    cut_off: bool,
+    replies: Vec<(ReqId, Reply)>,
+}
+
+impl<'a> Wire<'a> {
+    fn new(
+        net: &'a mut SimNetwork,
+        now: Millis,
+        armed: Option<CrashPoint>,
+        trace: &'a mut Trace,
+    ) -> Wire<'a> {
+        let sends_left = match armed {
+            Some(CrashPoint::AfterSends(k)) => Some(k),
+            _ => None,
+        };
+        Wire { net, now, sends_left, cut_off: false, replies: Vec::new(), trace }
+    }
+
+    fn done(self) -> WireDone {
+        WireDone { sends_left: self.sends_left, cut_off: self.cut_off, replies: self.replies }
+    }
 }
 
 impl Network for Wire<'_> {
@@ -260,19 +301,26 @@ impl SimCluster {
         let nodes = ids
             .iter()
             .map(|id| {
-                let disk = if cfg.formed {
-                    SimDisk::with_ops(vec![
-                        Persist::Incarnation(table[id]),
-                        Persist::Incarnations(table.clone()),
-                        Persist::Formation(Formation::Complete(PREFORMED_CLUSTER_ID)),
-                    ])
+                let disk_seed = mix(seed ^ 0xd15c ^ ((id.0 as u64) << 40));
+                let mut disk = if cfg.formed {
+                    SimDisk::with_ops(
+                        disk_seed,
+                        vec![
+                            Persist::Incarnation(table[id]),
+                            Persist::Incarnations(table.clone()),
+                            Persist::Formation(Formation::Complete(PREFORMED_CLUSTER_ID)),
+                        ],
+                    )
                 } else {
-                    SimDisk::default()
+                    SimDisk::new(disk_seed)
                 };
+                disk.fsync_ms = cfg.fsync_ms;
+                disk.snapshot_ms = cfg.snapshot_ms;
                 Node {
                     id: *id,
                     replica: None,
                     disk,
+                    exec: Executor::new(*id),
                     paused: false,
                     held: Vec::new(),
                     life: 0,
@@ -375,17 +423,24 @@ impl SimCluster {
         let node = &mut self.nodes[i];
         let id = node.id;
         let life = node.life;
-        let durable = node.disk.recover();
+        let durable = match node.disk.recover() {
+            Ok(d) => d,
+            Err(e) => {
+                self.fail(format!("r{id} cannot restart: {e}"));
+                return;
+            }
+        };
         let seed = mix(self.seed ^ mix((id.0 as u64) << 32 | life as u64));
         let boot = mix(seed ^ 0xb007);
         let mut replica = Replica::new(self.cfg.protocol(id), durable, seed, boot);
         let mut out = Vec::new();
         replica.start(self.now, &mut out);
         node.replica = Some(replica);
+        node.exec = Executor::new(id);
         node.next_tick = self.now;
         node.links.clear();
         self.note(|| format!("r{id} start (life {life})"));
-        self.execute(i, out, LogIndex(0));
+        self.finish(i, out, LogIndex(0));
         if let Some(r) = self.nodes[i].replica.as_ref() {
             if let Err(e) = self.checker.full_check(r) {
                 self.fail(e);
@@ -439,19 +494,64 @@ impl SimCluster {
                 self.trace.push(|| format!("        r{id}: {}", changes.join(", ")));
             }
         }
-        self.execute(i, out, commit_before);
+        self.finish(i, out, commit_before);
         // A tick that did nothing is left out of the trace.
         if only_ticks && self.trace.lines.len() == mark + 1 {
             self.trace.lines.truncate(mark);
         }
     }
 
-    /// Runs the executor on `out` for `nodes[i]`, then the checkers.
-    fn execute(&mut self, i: usize, mut out: Vec<Output>, commit_before: LogIndex) {
+    /// Executes a batch's outputs, then feeds the replica's own votes (released
+    /// by the executor once durable) back in until none is left, as the
+    /// server's event loop does; then the checkers and finished disk work.
+    fn finish(&mut self, i: usize, out: Vec<Output>, commit_before: LogIndex) {
+        let mut out = out;
+        let mut commit_before = commit_before;
+        loop {
+            if !self.execute_once(i, out, commit_before) {
+                return;
+            }
+            let loopback = self.nodes[i].exec.take_loopback();
+            if loopback.is_empty() {
+                break;
+            }
+            (out, commit_before) = self.step_loopback(i, loopback);
+        }
+        self.check_after(i);
+        self.disk_events(i);
+    }
+
+    /// Steps the replica's own released votes; returns the outputs (flushed)
+    /// and the commit index before them.
+    fn step_loopback(&mut self, i: usize, loopback: Vec<Envelope>) -> (Vec<Output>, LogIndex) {
         let now = self.now;
         let node = &mut self.nodes[i];
-        let Some(replica) = node.replica.as_ref() else { return };
+        let replica = node.replica.as_mut().expect("executed above");
         let id = node.id;
+        let before = self.trace.on.then(|| Summary::of(replica));
+        let commit_before = replica.commit_index();
+        let mut out = Vec::new();
+        for env in loopback {
+            let input = Input::Peer(env);
+            self.trace.push(|| format!("{:>6} r{id} {} (own, durable)", now.0, fmt::input(&input)));
+            replica.step(now, input, &mut out);
+        }
+        replica.flush(now, &mut out);
+        if let Some(before) = before {
+            let changes = before.diff(&Summary::of(replica));
+            if !changes.is_empty() {
+                self.trace.push(|| format!("        r{id}: {}", changes.join(", ")));
+            }
+        }
+        (out, commit_before)
+    }
+
+    /// One executor pass over `out` for `nodes[i]`. False when the replica
+    /// crashed in it (a failed fsync or an armed mid-send kill).
+    fn execute_once(&mut self, i: usize, mut out: Vec<Output>, commit_before: LogIndex) -> bool {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(replica) = node.replica.as_ref() else { return false };
         let ops: Vec<&Persist> = out
             .iter()
             .filter_map(|o| match o {
@@ -463,40 +563,39 @@ impl SimCluster {
         for op in &ops {
             self.trace.push(|| format!("        persist {}", fmt::persist(op)));
         }
-        let has_sync = ops.iter().any(|p| p.needs_sync());
-        let has_sends = out.iter().any(|o| matches!(o, Output::Send { .. }));
-        let mut crash_keep = None;
-        let mut sends_left = None;
-        match node.armed {
-            Some(CrashPoint::AtSync { keep }) if has_sync => {
+        for o in &out {
+            if let Output::SaveSnapshot(snap) = o {
+                self.trace.push(|| format!("        save snapshot at {}", snap.index));
+            }
+        }
+        let mut power_cut = None;
+        if let Some(CrashPoint::AtSync { keep }) = node.armed {
+            if ops.iter().any(|p| p.needs_sync()) {
                 node.disk.fail_next_sync = true;
-                crash_keep = Some(keep);
+                power_cut = Some(keep);
                 node.armed = None;
             }
-            Some(CrashPoint::AfterSends(k)) if has_sends => {
-                sends_left = Some(k);
-            }
-            _ => {}
         }
-        let mut wire = Wire {
-            net: &mut self.net,
-            now,
-            sends_left,
-            cut_off: false,
-            replies: Vec::new(),
-            trace: &mut self.trace,
-        };
-        let result = exec::execute(&mut out, &mut node.disk, &mut wire);
-        let cut_off = wire.cut_off;
-        if let Some(left) = wire.sends_left {
-            node.armed = Some(CrashPoint::AfterSends(left));
-        }
-        let replies = std::mem::take(&mut wire.replies);
+        node.disk.now = now;
+        let mut wire = Wire::new(&mut self.net, now, node.armed, &mut self.trace);
+        let result = node.exec.execute(&mut out, &mut node.disk, &mut wire);
+        let done = wire.done();
         self.batches += 1;
         if let Err(e) = persist_check {
             self.fail(e);
         }
-        for (req, reply) in replies {
+        let power_cut = result.is_err().then(|| power_cut.unwrap_or(0));
+        self.after_wire(i, done, power_cut)
+    }
+
+    /// What a wire did: replies to hand out, the armed kill's countdown, whether it fired.
+    fn after_wire(&mut self, i: usize, done: WireDone, power_cut: Option<usize>) -> bool {
+        let now = self.now;
+        let id = self.nodes[i].id;
+        if let Some(left) = done.sends_left {
+            self.nodes[i].armed = Some(CrashPoint::AfterSends(left));
+        }
+        for (req, reply) in done.replies {
             if self.outstanding.remove(&req) != Some(id) {
                 self.fail(format!("r{id} answered client #{} twice or unasked: {reply:?}", req.0));
                 continue;
@@ -504,17 +603,58 @@ impl SimCluster {
             self.seq += 1;
             self.events.push(ClientEvent::Reply { req, at: now, seq: self.seq, reply });
         }
-        if result.is_err() {
+        if let Some(keep) = power_cut {
             self.note(|| format!("r{id} power cut during fsync"));
-            self.crash(id, crash_keep.unwrap_or(0));
-            return;
+            self.crash(id, keep);
+            return false;
         }
-        if cut_off {
+        if done.cut_off {
             self.note(|| format!("r{id} killed while sending"));
             self.crash(id, 0);
+            return false;
+        }
+        true
+    }
+
+    /// Disk work finished by now: syncs (releasing what waited for them, and
+    /// the replica's own votes) and snapshot saves. A paused process handles
+    /// them once it resumes.
+    fn disk_events(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        if node.replica.is_none() || node.paused {
             return;
         }
-        self.check_after(i);
+        node.disk.now = self.now;
+        for ticket in node.disk.finished_syncs() {
+            if !self.on_synced(i, ticket) {
+                return;
+            }
+        }
+        let saved =
+            self.nodes[i].disk.snapshot_saved().expect("the simulated disk never fails a save");
+        if let Some(index) = saved {
+            self.run_batch(i, vec![Input::SnapshotSaved(index)]);
+        }
+    }
+
+    /// Sync `ticket` finished: the executor releases what waited for it.
+    fn on_synced(&mut self, i: usize, ticket: u64) -> bool {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let id = node.id;
+        self.trace.push(|| format!("{:>6} r{id} sync {ticket} done", now.0));
+        let mut wire = Wire::new(&mut self.net, now, node.armed, &mut self.trace);
+        node.exec.synced(ticket, &mut wire);
+        let done = wire.done();
+        if !self.after_wire(i, done, None) {
+            return false;
+        }
+        let loopback = self.nodes[i].exec.take_loopback();
+        if !loopback.is_empty() {
+            let (out, commit_before) = self.step_loopback(i, loopback);
+            self.finish(i, out, commit_before);
+        }
+        self.nodes[i].replica.is_some()
     }
 
     fn check_after(&mut self, i: usize) {
@@ -642,6 +782,7 @@ impl SimCluster {
                 return;
             }
         }
+        self.disk_events(i);
     }
 
     /// Cuts the links between groups (both ways).
@@ -741,14 +882,23 @@ impl SimCluster {
             }
             self.deliver(due);
         }
+        self.all_disk_events();
         self.tick_due();
         self.now = self.now.plus(1);
+    }
+
+    /// Finished disk work of every running replica.
+    fn all_disk_events(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.disk_events(i);
+        }
     }
 
     /// Manual mode: lets `ms` pass, ticking replicas; messages stay queued.
     pub fn tick(&mut self, ms: u64) {
         for _ in 0..ms {
             self.now = self.now.plus(1);
+            self.all_disk_events();
             self.tick_due();
         }
     }
@@ -807,6 +957,16 @@ impl SimCluster {
             .filter(|r| r.is_serving_leader())
             .max_by_key(|r| r.epoch())
             .map(|r| r.id())
+    }
+
+    /// Every running replica's store against the chosen commands.
+    pub fn check_stores(&mut self) -> Result<(), String> {
+        for node in &self.nodes {
+            if let Some(r) = node.replica.as_ref() {
+                self.checker.check_store(r)?;
+            }
+        }
+        Ok(())
     }
 
     /// A full pass of the log checker over every running replica.

@@ -99,6 +99,22 @@ pub fn msg(m: &PeerMsg) -> String {
         PeerMsg::FetchResp { entries: list, commit } => {
             format!("fetch_resp commit={commit} {}", entries(list))
         }
+        PeerMsg::SnapshotChunk { index, after, items, done } => format!(
+            "snapshot_chunk at={index} after={} keys={}{}",
+            after.as_deref().unwrap_or("-"),
+            items.len(),
+            if *done { " done" } else { "" }
+        ),
+        PeerMsg::SnapshotReq { index, after } => {
+            format!("snapshot_req at={index} after={}", after.as_deref().unwrap_or("-"))
+        }
+        PeerMsg::Join => "join".into(),
+        PeerMsg::JoinInfo { recorded } => match recorded {
+            Some(inc) => format!("join_info recorded={}", inc.counter),
+            None => "join_info recorded=-".into(),
+        },
+        PeerMsg::Register => "register".into(),
+        PeerMsg::Registered { promised } => format!("registered promised={promised}"),
         PeerMsg::Form { cluster_id, .. } => format!("form {cluster_id:x}"),
         PeerMsg::FormAck { cluster_id } => format!("form_ack {cluster_id:x}"),
         PeerMsg::Formed { cluster_id } => format!("formed {cluster_id:x}"),
@@ -113,6 +129,7 @@ pub fn request(r: &Request) -> String {
         Request::GetV { key } => format!("GETV {key}"),
         Request::Del { key } => format!("DEL {key}"),
         Request::Cas { key, version, value } => format!("CAS {key} {version} {}", bytes(value)),
+        Request::Dump => "DUMP".into(),
         Request::Status => "STATUS".into(),
         Request::Metrics => "METRICS".into(),
         Request::Help => "HELP".into(),
@@ -146,6 +163,13 @@ pub fn persist(p: &Persist) -> String {
         }
         Persist::Formation(f) => format!("formation {}", formation(*f)),
         Persist::Learner(l) => format!("learner {l}"),
+        Persist::Checkpoint(c) => format!(
+            "checkpoint snapshot={} promise={} commit={} log={} entries",
+            c.snapshot_index,
+            c.promise,
+            c.commit,
+            c.log.len()
+        ),
     }
 }
 
@@ -166,6 +190,7 @@ pub fn input(i: &Input) -> String {
         Input::Client { req, request: r } => format!("<- client #{} {}", req.0, request(r)),
         Input::LinkUp(id) => format!("link up {id}"),
         Input::LinkDown(id) => format!("link down {id}"),
+        Input::SnapshotSaved(index) => format!("snapshot {index} saved"),
     }
 }
 

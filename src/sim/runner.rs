@@ -101,6 +101,9 @@ impl Plan {
             request_timeout_ms: REQUEST_TIMEOUT_MS,
             tick_ms: rng.random_range(1..=4),
             formed: rng.random_bool(0.7),
+            snapshot_every_entries: [10, 40, 200, 1000][rng.random_range(0..4)],
+            fsync_ms: [(0, 0), (0, 0), (0, 2), (1, 5), (2, 12)][rng.random_range(0..5)],
+            snapshot_ms: rng.random_range(0..=30),
         };
         let pick = |rng: &mut StdRng, xs: &[u32]| xs[rng.random_range(0..xs.len())];
         let delay_ms_min = rng.random_range(0..=2);
@@ -187,6 +190,7 @@ impl SeedRun {
         self.cluster.note(|| {
             format!(
                 "seed {}: {}ms n={} nw={} nr={} formed={} tick={}ms batch<={} clients={} keys={} \
+                 fsync={:?}ms snapshot every {} entries ({}ms to save) \
                  net={:?} faults every {:?}ms weights={:?} majority-down={}%",
                 self.seed,
                 p.active_ms,
@@ -198,6 +202,9 @@ impl SeedRun {
                 p.batch_max,
                 p.clients,
                 p.keys,
+                cfg.fsync_ms,
+                cfg.snapshot_every_entries,
+                cfg.snapshot_ms,
                 p.net,
                 p.fault_gap_ms,
                 p.weights,
@@ -486,11 +493,12 @@ impl SeedRun {
         if let Some(v) = &self.cluster.violation {
             return Err(v.clone());
         }
+        self.cluster.check_stores()?;
         let c = &self.cluster;
         let leader = c.serving_leader().ok_or("no serving leader at the end")?;
         let l = c.replica(leader).expect("up");
-        let log: BTreeMap<LogIndex, Command> =
-            l.log().range(..=l.commit_index()).map(|(i, e)| (*i, e.command.clone())).collect();
+        // The committed log as the checker saw it chosen (replicas compact theirs).
+        let log: BTreeMap<LogIndex, Command> = c.checker.chosen_commands(l.commit_index())?;
         for id in c.ids() {
             let r = c.replica(id).expect("all up after settling");
             if r.store() != l.store() {

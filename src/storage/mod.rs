@@ -5,11 +5,14 @@
 //! [`Storage::sync`] before any send or reply that depends on them. The
 //! simulator implements the same trait with a disk that loses un-synced writes.
 
+pub mod snapshot;
 pub mod wal;
 
-use crate::protocol::durable::Persist;
+use crate::protocol::durable::{Persist, Snapshot};
+use crate::protocol::types::LogIndex;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Where `Persist` ops go.
 pub trait Storage {
@@ -17,6 +20,19 @@ pub trait Storage {
     fn persist(&mut self, op: &Persist) -> Result<()>;
     /// Makes every op written so far durable (a no-op under `--fsync never`).
     fn sync(&mut self) -> Result<()>;
+    /// Starts making every op written so far durable. Returns true when it is
+    /// durable on return; false when the caller learns it later (the server's
+    /// disk thread reports finished syncs in order, so the event loop never
+    /// waits for an fsync).
+    fn begin_sync(&mut self) -> Result<bool> {
+        self.sync()?;
+        Ok(true)
+    }
+    /// Starts saving a snapshot (durably, atomically); may finish later.
+    /// At most one save is in flight at a time.
+    fn save_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Result<()>;
+    /// The index of a snapshot whose save finished since the last call.
+    fn snapshot_saved(&mut self) -> Result<Option<LogIndex>>;
 }
 
 /// `--fsync always|never`.

@@ -93,6 +93,15 @@ pub enum Event {
     Client { conn: ConnId, seq: u64, request: Request },
     /// The client connection is gone; drop its pending replies.
     ClientClosed { conn: ConnId },
+    /// SIGTERM or SIGINT: finish what is in flight, sync, exit 0.
+    Shutdown,
+    /// The disk thread made syncs up to `ticket` durable; the fsync took
+    /// `fsync_us`; the current log segment is `segment_bytes` long.
+    DiskSynced { ticket: u64, fsync_us: u64, segment_bytes: u64 },
+    /// The disk thread saved the snapshot at this index.
+    SnapshotSaved(crate::protocol::types::LogIndex),
+    /// The disk thread failed; the replica must stop.
+    DiskFailed(String),
 }
 
 /// What the transport needs to know, taken from the replica's `Config`.

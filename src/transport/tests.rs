@@ -305,7 +305,7 @@ fn bad_frames_close_only_their_own_link() {
 
     let mut newer = fake_peer(&peers[0], 3, &peers);
     let mut frame = wire::encode(&envelope(3, 3));
-    frame[4] = 2;
+    frame[4] = wire::WIRE_VERSION + 1;
     newer.send(&frame);
     a_events.wait_for("LinkDown(3)", |e| matches!(e, Event::LinkDown(ReplicaId(3))));
 
