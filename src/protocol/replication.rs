@@ -481,8 +481,13 @@ impl Replica {
 
     /// Everything that waits for the commit index to move.
     fn after_commit_moved(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let commit = self.commit;
         if let Role::Leader(l) = &mut self.role {
             l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
+            // A slot can commit before its tally fills (a COMMIT from the last
+            // leader said it was chosen): its tally is done, and once a
+            // snapshot compacts the slot away a re-send would find no entry.
+            l.tallies = l.tallies.split_off(&commit.next());
         }
         self.maybe_finish_recovery(now, out);
         self.check_read_index(out);
