@@ -305,7 +305,11 @@ impl Replica {
                 }
             }
         }
-        if self.commit > self.commit_persisted {
+        // While a snapshot is being saved the commit index may rest on it (an
+        // installed snapshot skips the log). Recorded before the checkpoint, a
+        // restart without the snapshot would walk the old log up to it and
+        // take stale entries for chosen ones. The checkpoint records it.
+        if self.commit > self.commit_persisted && self.snapshot_pending.is_none() {
             self.commit_persisted = self.commit;
             out.push(Output::Persist(Persist::Commit(self.commit)));
         }

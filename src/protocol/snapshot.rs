@@ -235,15 +235,8 @@ impl Replica {
         self.applied = index;
         self.snapshot_index = index;
         self.chosen.retain(|i, _| *i > index);
-        // Entries above the snapshot stay: we may have voted for them. Those
-        // at or below it go from the disk too: until the snapshot is saved, a
-        // restart rebuilds the commit index from the log, and must not take a
-        // stale entry there for the chosen one.
-        let below: Vec<LogIndex> = self.log.range(..=index).map(|(i, _)| *i).collect();
+        // Entries above the snapshot stay: we may have voted for them.
         self.log.retain(|i, _| *i > index);
-        if !below.is_empty() {
-            out.push(Output::Persist(Persist::Drop(below)));
-        }
         self.save_snapshot_now(out);
         self.after_commit_jump(now, out);
     }
