@@ -717,6 +717,14 @@ impl SimCluster {
         }
     }
 
+    /// True when every replica's formation is complete (on disk, for one that is down).
+    pub fn all_formed(&self) -> bool {
+        self.nodes.iter().all(|n| match &n.replica {
+            Some(r) => r.is_formed(),
+            None => n.disk.recover().is_ok_and(|d| matches!(d.formation, Formation::Complete(_))),
+        })
+    }
+
     /// Cancels an armed crash of `id`.
     pub fn disarm(&mut self, id: ReplicaId) {
         let i = self.idx(id);
