@@ -374,11 +374,6 @@ impl SimCluster {
         self.nodes[self.idx(id)].paused
     }
 
-    /// The process life of `id` (restarts so far).
-    pub fn life(&self, id: ReplicaId) -> u32 {
-        self.nodes[self.idx(id)].life
-    }
-
     /// Sets how often `id` ticks (a slow or busy process ticks late).
     pub fn set_tick_ms(&mut self, id: ReplicaId, tick_ms: u64) {
         let i = self.idx(id);
