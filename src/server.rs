@@ -22,7 +22,8 @@ use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
 use crate::storage::wal::DiskStorage;
 use crate::storage::Storage;
-use crate::transport::{self, ConnId, Event, PeerSenders, TransportConfig};
+use crate::transport::CLUSTER_KEY_BYTES_MIN;
+use crate::transport::{self, ClusterKey, ConnId, Event, PeerSenders, TransportConfig};
 use crate::{qlog, wire};
 use crossbeam_channel::{select, Sender};
 use std::collections::BTreeMap;
@@ -65,10 +66,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         started.elapsed().as_millis()
     );
     let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
+    let cluster_key = cfg.cluster_key_file.as_deref().map(load_cluster_key).transpose()?;
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
     let events_tx_for_signals = events_tx.clone();
     let events_tx_for_disk = events_tx.clone();
-    let tcfg = transport_config(&cfg, cluster_id.clone());
+    let tcfg = transport_config(&cfg, cluster_id.clone(), cluster_key);
     let listen = tcfg.listen.clone();
     let peers =
         transport::start(tcfg, events_tx).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -171,7 +173,38 @@ fn watch_signals(events_tx: Sender<Event>) -> Result<(), String> {
     Ok(())
 }
 
-fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig {
+/// Reads `--cluster-key-file` (config checked it exists and is not empty)
+/// and logs that peers must prove the key, never the key itself.
+fn load_cluster_key(path: &std::path::Path) -> Result<ClusterKey, String> {
+    let key = ClusterKey::from_file(path)
+        .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?;
+    qlog!(
+        "cluster key loaded from {} ({} bytes): peers must prove it in the handshake",
+        path.display(),
+        key.len()
+    );
+    if key.len() < CLUSTER_KEY_BYTES_MIN {
+        qlog!(
+            "warning: the cluster key has {} bytes; use at least {CLUSTER_KEY_BYTES_MIN} random bytes \
+             (e.g. openssl rand -hex 32)",
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
+fn transport_config(
+    cfg: &Config,
+    cluster_id: Arc<AtomicU64>,
+    cluster_key: Option<ClusterKey>,
+) -> TransportConfig {
+    let mut dial = BTreeMap::new();
+    for (i, addr) in cfg.peers.iter().enumerate() {
+        let id = ReplicaId(i as u8 + 1);
+        if id != cfg.id {
+            dial.insert(id, cfg.peer_dial.get(&id).cloned().unwrap_or_else(|| addr.clone()));
+        }
+    }
     let mut dial = BTreeMap::new();
     for (i, addr) in cfg.peers.iter().enumerate() {
         let id = ReplicaId(i as u8 + 1);
@@ -190,6 +223,7 @@ fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig
         idle_timeout_ms: cfg.idle_timeout_ms,
         help_lines: help_lines(cfg),
         peer_queue_max: PEER_QUEUE_MAX,
+        cluster_key,
     }
 }
 

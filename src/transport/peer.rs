@@ -4,7 +4,7 @@
 
 use super::handshake::{self, HANDSHAKE_BYTES_MAX, HANDSHAKE_MS_MAX};
 use super::input::{Input, LineEnd};
-use super::{should_log, Event, Shared, Slot};
+use super::{should_log, Event, Shared, Slot, TransportStats};
 use crate::protocol::types::ReplicaId;
 use crate::qlog;
 use crate::wire::{self, WireError};
@@ -60,6 +60,9 @@ pub(super) fn serve_inbound(
     let Some(error) = forward_frames(&mut input, from, shared) else {
         return; // The loop is gone.
     };
+    if is_bad_frame(&error) {
+        TransportStats::bump(&shared.stats.bad_frame_links);
+    }
     if unregister(shared, from, generation) {
         qlog!("link from r{from} ({addr}) closed: {error}");
         let _ = shared.events_tx.send(Event::LinkDown(from));
@@ -68,32 +71,29 @@ pub(super) fn serve_inbound(
     }
 }
 
-/// Reads and checks the handshake, answers it, and returns the proven peer
-/// id; on refusal or error logs one line and returns `None`.
+/// Reads and checks the handshake (with the key challenge when the cluster
+/// has a key), answers it, and returns the proven peer id; on refusal or
+/// error logs (rate-limited) and returns `None`. All of it, challenge
+/// included, must finish within [`HANDSHAKE_MS_MAX`].
 fn accept_handshake(
     input: &mut Input<TcpStream>,
     addr: SocketAddr,
     shared: &Shared,
 ) -> Option<ReplicaId> {
     let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_MS_MAX);
-    let mut line = Vec::new();
-    let checked = match handshake::read_hello_line(input, deadline, &mut line) {
-        Ok(LineEnd::Line) => handshake::check_hello(&line, &shared.local()),
-        Ok(LineEnd::TooLong(n)) => Err(handshake::Refusal {
-            reason: format!("handshake line {n} > {HANDSHAKE_BYTES_MAX} bytes"),
-            detail: None,
-        }),
-        Ok(LineEnd::Eof) => {
-            qlog!("peer handshake from {addr}: closed before the line ended");
-            return None;
+    let _ = input.get_ref().set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX)));
+    let checked = match read_handshake_line(input, deadline) {
+        Ok(line) => {
+            let local = shared.local();
+            handshake::check_hello(&line, &local).and_then(|from| match local.key {
+                Some(key) => challenge(input, deadline, key, from, &local).map(|()| from),
+                None => Ok(from),
+            })
         }
-        Err(e) => {
-            qlog!("peer handshake from {addr} dropped: {e}");
-            return None;
-        }
+        Err(Some(refusal)) => Err(refusal),
+        Err(None) => return None,
     };
     let stream = input.get_ref();
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX)));
     match checked {
         Ok(from) => {
             let answer = format!("QKVPEER-OK {}\n", shared.id);
@@ -113,12 +113,59 @@ fn accept_handshake(
             let answer = format!("QKVPEER-REFUSED {}\n", refusal.reason);
             let _ = (&*stream).write_all(answer.as_bytes());
             let _ = stream.shutdown(Shutdown::Both);
-            match refusal.detail {
-                Some(detail) => qlog!("peer {addr} refused: {}; {detail}", refusal.reason),
-                None => qlog!("peer {addr} refused: {}", refusal.reason),
+            // A misconfigured replica redials every 100 ms: log the first
+            // refusal and then every 50th, with the count.
+            let n = TransportStats::bump(&shared.stats.handshakes_refused);
+            if should_log(n) {
+                let detail = refusal.detail.map(|d| format!("; {d}")).unwrap_or_default();
+                qlog!("peer {addr} refused: {}{detail} ({n} refused so far)", refusal.reason);
             }
             None
         }
+    }
+}
+
+/// Reads one handshake line before `deadline`. `Err(None)` when the
+/// connection ended or timed out (logged here: nothing to answer).
+fn read_handshake_line(
+    input: &mut Input<TcpStream>,
+    deadline: Instant,
+) -> Result<Vec<u8>, Option<handshake::Refusal>> {
+    let addr = input.get_ref().peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut line = Vec::new();
+    match handshake::read_hello_line(input, deadline, &mut line) {
+        Ok(LineEnd::Line) => Ok(line),
+        Ok(LineEnd::TooLong(n)) => Err(Some(handshake::Refusal {
+            reason: format!("handshake line {n} > {HANDSHAKE_BYTES_MAX} bytes"),
+            detail: None,
+        })),
+        Ok(LineEnd::Eof) => {
+            qlog!("peer handshake from {addr}: closed before the line ended");
+            Err(None)
+        }
+        Err(e) => {
+            qlog!("peer handshake from {addr} dropped: {e}");
+            Err(None)
+        }
+    }
+}
+
+/// Sends a fresh challenge and checks the proof that comes back.
+fn challenge(
+    input: &mut Input<TcpStream>,
+    deadline: Instant,
+    key: &handshake::ClusterKey,
+    from: ReplicaId,
+    local: &handshake::Local,
+) -> Result<(), handshake::Refusal> {
+    let nonce = handshake::new_nonce();
+    let sent = input.get_ref().write_all(handshake::challenge_line(&nonce).as_bytes());
+    let refusal = |reason: String| handshake::Refusal { reason, detail: None };
+    sent.map_err(|e| refusal(format!("sending the key challenge to r{from}: {e}")))?;
+    match read_handshake_line(input, deadline) {
+        Ok(line) => handshake::check_proof(&line, key, &nonce, from, local),
+        Err(Some(too_long)) => Err(too_long),
+        Err(None) => Err(refusal(format!("r{from} sent no cluster key proof in time"))),
     }
 }
 
@@ -143,6 +190,18 @@ fn forward_frames(
             }
             Ok(env) => shared.events_tx.send(Event::Peer(env)).ok()?,
             Err(e) => return Some(e),
+        }
+    }
+}
+
+/// True when the peer sent bytes that are not a frame (as opposed to the link
+/// ending or failing, as after kill -9 or a partition).
+fn is_bad_frame(error: &WireError) -> bool {
+    match error {
+        WireError::Eof => false,
+        WireError::Io(e) => e.kind() == io::ErrorKind::UnexpectedEof,
+        WireError::TooLarge { .. } | WireError::NewerVersion { .. } | WireError::BadPayload(_) => {
+            true
         }
     }
 }
@@ -213,8 +272,7 @@ impl Writer {
             if !self.discard_queued() {
                 return;
             }
-            let hello = handshake::hello_line(&self.shared.local());
-            match handshake::dial(addr, to, &hello) {
+            match handshake::dial(addr, to, &self.shared.local()) {
                 Ok(stream) => {
                     match failures {
                         0 => qlog!("link to r{to} ({addr}) up"),
