@@ -169,7 +169,7 @@ impl Replica {
                 let read = self.reads.remove(&id).expect("present");
                 reply(out, read.req, reply_now);
             }
-            if self.reads.get(&id).is_some_and(|r| r.fallback) {
+            if self.reads.get(&id).is_none_or(|r| r.fallback) {
                 return;
             }
         }
