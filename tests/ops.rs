@@ -200,10 +200,6 @@ fn status_after_leader_kill_shows_new_leader_higher_epoch_and_election_time() {
 /// its recovery is still committing, quorum rounds see pending entries and
 /// fail, so reads fall back to the read-index path on the leader itself.
 #[test]
-#[ignore = "protocol bug: reads.rs fail_round expects the read to still be in \
-            self.reads after try_fallback handed it to the leader's own read-index \
-            path, so a serving leader panics (\"still reading\") when a local read \
-            falls back"]
 fn reads_on_a_new_leader_right_after_failover_never_crash_it() {
     let o = opts(3, &[]);
     check(with_cluster(&o, |c| {
