@@ -253,12 +253,48 @@ pub(super) fn spawn_writer(
     Ok(())
 }
 
+/// How a connected link ended.
+enum LinkEnd {
+    /// The transport is shutting down (or the loop is gone).
+    Stop,
+    /// The link broke; dial again after the backoff.
+    Down,
+    /// The peer reset the link (it restarted): dial again at once and send
+    /// this batch first.
+    Retry(Vec<u8>),
+}
+
+/// Our outbound links only write, so a peer that dies (kill -9) is noticed
+/// only at the next write, which the kernel may still accept. A thread reads
+/// the socket instead: the peer's FIN or RST ends the read, and it shuts the
+/// socket down so the next write fails at once and is retried on a new link.
+/// The thread ends with the socket (the writer shuts it down when done).
+fn watch_for_reset(stream: &TcpStream) {
+    let Ok(mut watched) = stream.try_clone() else { return };
+    // The handshake left a read timeout on the socket; a quiet link is fine.
+    if watched.set_read_timeout(None).is_err() {
+        return;
+    }
+    let _ = thread::Builder::new().name("peer link watch".into()).spawn(move || {
+        let mut byte = [0u8; 64];
+        loop {
+            match io::Read::read(&mut watched, &mut byte) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = watched.shutdown(Shutdown::Both);
+    });
+}
+
 /// How a connected link's pump ended.
 enum PumpEnd {
     /// The queue's sender is gone: the transport is shutting down.
     QueueClosed,
-    /// A write failed or timed out.
-    Failed(io::Error),
+    /// A write failed or timed out; the batch that did not go out.
+    Failed(io::Error, Vec<u8>),
 }
 
 impl Writer {
@@ -268,8 +304,12 @@ impl Writer {
         let (to, addr) = (self.to, self.addr.as_str());
         let mut backoff_ms = BACKOFF_MS_MIN;
         let mut failures = 0u64;
+        // The batch a broken link failed to send: the link is re-dialled at
+        // once and it goes first, so a peer that restarted (its old socket
+        // reset) still gets the message that found the link broken.
+        let mut unsent: Option<Vec<u8>> = None;
         loop {
-            if !self.discard_queued() {
+            if unsent.is_none() && !self.discard_queued() {
                 return;
             }
             match handshake::dial(addr, to, &self.shared.local()) {
@@ -280,11 +320,17 @@ impl Writer {
                     }
                     failures = 0;
                     backoff_ms = BACKOFF_MS_MIN;
-                    if !self.serve_link(&stream) {
-                        return;
+                    match self.serve_link(&stream, unsent.take()) {
+                        LinkEnd::Stop => return,
+                        LinkEnd::Retry(batch) => {
+                            unsent = Some(batch);
+                            continue;
+                        }
+                        LinkEnd::Down => {}
                     }
                 }
                 Err(e) => {
+                    unsent = None;
                     failures += 1;
                     if should_log(failures) {
                         qlog!("link to r{to} ({addr}) not up: {e} (attempt {failures})");
@@ -299,30 +345,50 @@ impl Writer {
     }
 
     /// Runs one connected link: `LinkUp`, frames, and `LinkDown` when it
-    /// fails. False when the thread should end.
-    fn serve_link(&self, stream: &TcpStream) -> bool {
-        // Frames queued while the handshake ran are stale already.
-        if !self.discard_queued() || self.shared.events_tx.send(Event::LinkUp(self.to)).is_err() {
-            return false;
+    /// fails. `first` is a batch a broken link failed to send.
+    fn serve_link(&self, stream: &TcpStream, first: Option<Vec<u8>>) -> LinkEnd {
+        let retrying = first.is_some();
+        // Frames queued while the handshake ran are stale already (but not a
+        // batch being retried: it was current when the old link broke).
+        if (!retrying && !self.discard_queued())
+            || self.shared.events_tx.send(Event::LinkUp(self.to)).is_err()
+        {
+            return LinkEnd::Stop;
         }
+        watch_for_reset(stream);
         let end = match stream.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_MS_MAX))) {
-            Ok(()) => self.pump(stream),
-            Err(e) => PumpEnd::Failed(e),
+            Ok(()) => self.pump(stream, first.unwrap_or_default()),
+            Err(e) => PumpEnd::Failed(e, Vec::new()),
         };
         let _ = stream.shutdown(Shutdown::Both);
         match end {
-            PumpEnd::QueueClosed => false,
-            PumpEnd::Failed(e) => {
+            PumpEnd::QueueClosed => LinkEnd::Stop,
+            PumpEnd::Failed(e, batch) => {
                 qlog!("link to r{} ({}) down: {e}", self.to, self.addr);
-                self.shared.events_tx.send(Event::LinkDown(self.to)).is_ok()
+                if self.shared.events_tx.send(Event::LinkDown(self.to)).is_err() {
+                    return LinkEnd::Stop;
+                }
+                let reset =
+                    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset);
+                if reset && !retrying && !batch.is_empty() {
+                    LinkEnd::Retry(batch)
+                } else {
+                    LinkEnd::Down
+                }
             }
         }
     }
 
     /// Writes queued frames, gathering everything already queued into one
-    /// write, until a write fails or the queue closes.
-    fn pump(&self, mut stream: &TcpStream) -> PumpEnd {
-        let mut batch = Vec::new();
+    /// write, until a write fails or the queue closes. `batch` starts non-empty
+    /// when a broken link's last batch is being retried.
+    fn pump(&self, mut stream: &TcpStream, mut batch: Vec<u8>) -> PumpEnd {
+        if !batch.is_empty() {
+            if let Err(e) = stream.write_all(&batch) {
+                return PumpEnd::Failed(e, batch);
+            }
+            batch.clear();
+        }
         loop {
             match self.rx.recv() {
                 Ok(frame) => batch.extend_from_slice(&frame),
@@ -335,7 +401,7 @@ impl Writer {
                 }
             }
             if let Err(e) = stream.write_all(&batch) {
-                return PumpEnd::Failed(e);
+                return PumpEnd::Failed(e, batch);
             }
             batch.clear();
         }
