@@ -67,6 +67,8 @@ pub struct Round {
     pub probes_stuck: u64,
     /// Send time of the first and last stuck probe, ms after the kill.
     pub stuck_sent_ms: Option<(f64, f64)>,
+    /// Stuck probes sent to the replica that became the new leader.
+    pub stuck_at_new_leader: u64,
     /// The leader the survivors named afterwards.
     pub new_leader: Option<usize>,
     /// The new leader's STATUS `last_election_ms`, if it reports one.
@@ -131,6 +133,7 @@ fn round_json(r: &Round) -> Json {
         .set("probes_stuck", r.probes_stuck)
         .set("stuck_first_sent_ms", r.stuck_sent_ms.map(|s| s.0))
         .set("stuck_last_sent_ms", r.stuck_sent_ms.map(|s| s.1))
+        .set("stuck_at_new_leader", r.stuck_at_new_leader)
         .set("new_leader", r.new_leader)
         .set("server_election_ms", r.election_ms)
         .set("attempts", r.attempts)
@@ -208,6 +211,8 @@ fn one_round(cluster: &mut Cluster, round: usize, leader: usize) -> Result<Round
     let failures =
         std::mem::take(&mut *shared.failures.lock().unwrap_or_else(PoisonError::into_inner));
     let stuck = shared.stuck.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let stuck_at_new_leader = stuck.iter().filter(|(_, id)| Some(*id) == new_leader).count();
+    let stuck: Vec<Duration> = stuck.into_iter().map(|(sent, _)| sent).collect();
     cluster.restart(leader)?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     Ok(Round {
@@ -220,6 +225,7 @@ fn one_round(cluster: &mut Cluster, round: usize, leader: usize) -> Result<Round
         probes: shared.probes.load(Ordering::Relaxed),
         probes_stuck: stuck.len() as u64,
         stuck_sent_ms: stuck.iter().min().zip(stuck.iter().max()).map(|(a, b)| (ms(*a), ms(*b))),
+        stuck_at_new_leader: stuck_at_new_leader as u64,
         new_leader,
         election_ms,
         attempts: shared.attempts.load(Ordering::Relaxed),
@@ -253,8 +259,8 @@ struct Shared {
     probes: AtomicU64,
     /// Failed client attempts by kind.
     failures: Mutex<BTreeMap<String, u64>>,
-    /// Send times of stuck probes.
-    stuck: Mutex<Vec<Duration>>,
+    /// Send time and survivor of each stuck probe.
+    stuck: Mutex<Vec<(Duration, usize)>>,
 }
 
 /// Records `hit` in `slot` unless an earlier one is there.
@@ -351,7 +357,7 @@ fn one_probe(id: usize, addr: &str, key: &str, t0: Instant, shared: &Shared) {
             shared.probe_done.store(true, Ordering::Relaxed);
         }
         Err(e) if !e.starts_with("ERR ") && t0.elapsed() >= sent + PROBE_TIMEOUT => {
-            shared.stuck.lock().unwrap_or_else(PoisonError::into_inner).push(sent);
+            shared.stuck.lock().unwrap_or_else(PoisonError::into_inner).push((sent, id));
         }
         Err(_) => {}
     }

@@ -500,9 +500,11 @@ fn failover_lines(t: &mut String, f: &FailoverResult) {
     let stuck: u64 = f.rounds.iter().map(|r| r.probes_stuck).sum();
     let probes: u64 = f.rounds.iter().map(|r| r.probes).sum();
     let stuck_rounds = f.rounds.iter().filter(|r| r.probes_stuck > 0).count();
+    let at_leader: u64 = f.rounds.iter().map(|r| r.stuck_at_new_leader).sum();
     let _ = writeln!(
         t,
-        "  probes unanswered after 1 s: {stuck} of {probes}, in {stuck_rounds} of {} rounds",
+        "  probes unanswered after 1 s: {stuck} of {probes}, in {stuck_rounds} of {} rounds; \
+         {at_leader} of them sent to the replica that became leader",
         f.rounds.len()
     );
     let elections: Vec<f64> =
