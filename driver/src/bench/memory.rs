@@ -53,6 +53,9 @@ pub struct MemoryResult {
     pub raw_bytes: u64,
     /// Commit index all replicas reached after the load.
     pub commit: Option<u64>,
+    /// Elections started during the load (no faults, so each is spurious);
+    /// `None` if a STATUS failed.
+    pub elections: Option<u64>,
     /// Per replica.
     pub replicas: Vec<ReplicaMemory>,
     /// Why it stopped early, if it did.
@@ -86,6 +89,7 @@ impl MemoryResult {
             .set("load_secs", self.load.secs)
             .set("load_ops_per_sec", self.load.acked as f64 / self.load.secs.max(1e-9))
             .set("commit", self.commit)
+            .set("elections", self.elections)
             .set("replicas", Json::Arr(replicas))
             .set("error", self.error.clone())
     }
@@ -102,6 +106,7 @@ pub fn run_memory(cluster: &mut Cluster, keys: u64, progress: &dyn Fn(&str)) -> 
         }
     };
     let rss_before = rss_all(cluster);
+    let elections_before = workload::elections_sum(cluster);
     let addrs = vec![cluster.addr(leader); LOAD_CONNS];
     let deadline = Instant::now() + LOAD_TIME_MAX;
     result.load = pipeline::load(
@@ -123,6 +128,9 @@ pub fn run_memory(cluster: &mut Cluster, keys: u64, progress: &dyn Fn(&str)) -> 
         Ok(c) => result.commit = Some(c),
         Err(e) => result.error = Some(e),
     }
+    result.elections = elections_before
+        .zip(workload::elections_sum(cluster))
+        .map(|(before, after)| after.saturating_sub(before));
     let rss_after = rss_all(cluster);
     result.replicas = rss_after
         .iter()

@@ -297,16 +297,20 @@ impl Report {
         let _ = writeln!(
             t,
             "memory: {} of {} keys acknowledged ({:.1} MB raw key+value) in {:.1} s ({:.0}/s, \
-             {} errors); RSS {}{}",
+             {} errors, {} elections); RSS {}{}",
             mem.load.acked,
             mem.keys,
             raw / 1e6,
             mem.load.secs,
             mem.load.acked as f64 / mem.load.secs.max(1e-9),
             mem.load.errors,
+            mem.elections.map_or("?".to_string(), |e| e.to_string()),
             per.join(", "),
             mem.error.as_ref().map_or(String::new(), |e| format!(" (error: {e})"))
         );
+        if let Some(e) = &mem.load.first_error {
+            let _ = writeln!(t, "  first error of the load: {e}");
+        }
     }
 
     /// `bench.svg`: throughput bars on top, latency percentiles (log scale) below.
