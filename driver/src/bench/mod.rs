@@ -277,8 +277,9 @@ pub fn run(args: &Args, binary: &Path) -> Report {
     match Cluster::start(opts) {
         Ok(mut cluster) => {
             run_on_cluster(args, &mut cluster, &mut report);
-            if let Err(e) = cluster.check_alive() {
-                report.errors.push(format!("a replica crashed: {e}"));
+            let noted = report.errors.iter().any(|e| e.starts_with(CRASHED));
+            if !noted {
+                crashed(&mut cluster, &mut report, &args.out);
             }
         }
         Err(e) => report.errors.push(format!("cluster start: {e}")),
@@ -337,6 +338,9 @@ fn run_on_cluster(args: &Args, cluster: &mut Cluster, report: &mut Report) {
             result.elections
         ));
         report.loads.push(result);
+        if crashed(cluster, report, &args.out) {
+            return;
+        }
     }
     if args.wants("failover") {
         let f = failover::run(cluster, args.failover_rounds, &progress);
@@ -344,6 +348,9 @@ fn run_on_cluster(args: &Args, cluster: &mut Cluster, report: &mut Report) {
             report.errors.push(format!("failover: {e}"));
         }
         report.failover = Some(f);
+        if crashed(cluster, report, &args.out) {
+            return;
+        }
     }
     if args.wants("memory") || args.wants("restart") {
         let m = memory::run_memory(cluster, args.memory_keys, &progress);
@@ -351,6 +358,9 @@ fn run_on_cluster(args: &Args, cluster: &mut Cluster, report: &mut Report) {
             report.errors.push(format!("memory: {e}"));
         }
         report.memory = Some(m);
+        if crashed(cluster, report, &args.out) {
+            return;
+        }
     }
     if args.wants("restart") {
         let r = memory::run_restart(cluster, &progress);
@@ -359,6 +369,37 @@ fn run_on_cluster(args: &Args, cluster: &mut Cluster, report: &mut Report) {
         }
         report.restart = Some(r);
     }
+}
+
+/// How the error for a crashed replica starts.
+const CRASHED: &str = "a replica crashed";
+
+/// Whether a replica exited on its own. If so, notes it in `report`, copies
+/// the replicas' logs into `out/replica-logs` (the cluster's temp root goes
+/// away on drop) and returns true: the remaining parts are skipped, since
+/// they would only fail the same way.
+fn crashed(cluster: &mut Cluster, report: &mut Report, out: &Path) -> bool {
+    let Err(e) = cluster.check_alive() else { return false };
+    let logs = out.join("replica-logs");
+    let kept = match copy_logs(&cluster.root().join("logs"), &logs) {
+        Ok(()) => format!("logs in {}", logs.display()),
+        Err(e) => format!("logs not kept: {e}"),
+    };
+    progress(&format!("{CRASHED} ({kept}); skipping the rest"));
+    report.errors.push(format!("{CRASHED} ({kept}): {e}"));
+    true
+}
+
+/// Copies every file of `from` into `to`.
+fn copy_logs(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("create {}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("read {}: {e}", from.display()))?;
+    for entry in entries.filter_map(Result::ok) {
+        let target = to.join(entry.file_name());
+        std::fs::copy(entry.path(), &target)
+            .map_err(|e| format!("copy to {}: {e}", target.display()))?;
+    }
+    Ok(())
 }
 
 /// Writes every hot key once, through the leader, so GETs find values.

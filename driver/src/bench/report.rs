@@ -200,7 +200,7 @@ impl Report {
                 ms(r.status_ms),
                 ms(r.caught_up_ms),
                 r.log_recovered_ms.map_or("-".to_string(), |v| format!("{v} ms")),
-                r.error.as_ref().map_or(String::new(), |e| format!(" (error: {e})"))
+                r.error.as_ref().map_or(String::new(), |e| format!(" (error: {})", first_line(e)))
             );
         }
         let ratios = self.ratios();
@@ -210,8 +210,10 @@ impl Report {
                 let _ = writeln!(t, "  {:>7.3}  {}", r.value, r.formula);
             }
         }
+        // Only the first line: a crash report carries a log tail; bench.json has it all.
         for e in &self.errors {
-            let _ = writeln!(t, "ERROR: {e}");
+            let more = if e.contains('\n') { " [more in bench.json]" } else { "" };
+            let _ = writeln!(t, "ERROR: {}{more}", first_line(e));
         }
         t
     }
@@ -306,7 +308,7 @@ impl Report {
             mem.load.errors,
             mem.elections.map_or("?".to_string(), |e| e.to_string()),
             per.join(", "),
-            mem.error.as_ref().map_or(String::new(), |e| format!(" (error: {e})"))
+            mem.error.as_ref().map_or(String::new(), |e| format!(" (error: {})", first_line(e)))
         );
         if let Some(e) = &mem.load.first_error {
             let _ = writeln!(t, "  first error of the load: {e}");
@@ -477,6 +479,11 @@ impl Report {
     }
 }
 
+/// The first line of `s`.
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
 /// The failover part of the table.
 fn failover_lines(t: &mut String, f: &FailoverResult) {
     let ms = |s: &Summary| {
@@ -492,7 +499,7 @@ fn failover_lines(t: &mut String, f: &FailoverResult) {
         t,
         "failover: {} kills of the leader{}; kill -> first acknowledged PUT:",
         f.rounds.len(),
-        f.error.as_ref().map_or(String::new(), |e| format!(" (stopped: {e})"))
+        f.error.as_ref().map_or(String::new(), |e| format!(" (stopped: {})", first_line(e)))
     );
     let _ = writeln!(
         t,
