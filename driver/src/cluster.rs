@@ -570,6 +570,15 @@ impl Cluster {
         })
     }
 
+    /// Starts replica `id` again like [`Cluster::restart`], but returns as soon
+    /// as the process is spawned, so the caller can time its start-up.
+    pub fn respawn(&mut self, id: usize) -> Result<(), String> {
+        if self.is_running(id) {
+            return Err(format!("respawn {id}: still running"));
+        }
+        self.spawn(id, "restart (not waiting)").map(|_| ())
+    }
+
     /// Removes replica `id`'s data directory, as a lost disk. Only when killed.
     pub fn wipe(&mut self, id: usize) -> Result<(), String> {
         if self.is_running(id) {

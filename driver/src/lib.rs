@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod binary;
 pub mod client;
 pub mod cluster;

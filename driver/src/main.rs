@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             print!("{}", list_text());
             return ExitCode::SUCCESS;
         }
+        [cmd, rest @ ..] if cmd == "bench" => return driver::bench::main(rest),
         [name] => match scenarios::find(name) {
             Some(s) => vec![s],
             None => {
