@@ -49,12 +49,19 @@ pub struct Executed {
 }
 
 /// True when `msg` reports state that must be durable before anyone hears it.
+/// HELLO and FORM report incarnations (a new directory's own, and FORM the
+/// whole table), which peers record for good: a replica that crashed before
+/// its incarnation was on disk would draw another nonce with the same
+/// counter and be refused by them forever (DESIGN §6: an incarnation is
+/// persisted before it is reported to anyone).
 pub fn needs_durability(msg: &PeerMsg) -> bool {
     matches!(
         msg,
         PeerMsg::Promise { .. }
             | PeerMsg::Vote { .. }
             | PeerMsg::Coordinator { .. }
+            | PeerMsg::Hello
+            | PeerMsg::Form { .. }
             | PeerMsg::FormAck { .. }
             | PeerMsg::Formed { .. }
             | PeerMsg::Register

@@ -11,6 +11,8 @@ pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+#[cfg(test)]
+pub mod sim;
 pub mod storage;
 pub mod transport;
 pub mod wire;

@@ -88,7 +88,9 @@ pub enum PeerMsg {
     /// follower's request ids never collide with its earlier ones.
     Forward { req: ReqId, boot: u64, epoch: Epoch, request: Request },
     /// The leader's answer to a Forward.
-    ForwardReply { req: ReqId, reply: Reply },
+    /// `boot` echoes the forward's: a restarted follower numbers its forwards
+    /// from 1 again and must not take an answer meant for its previous process.
+    ForwardReply { req: ReqId, boot: u64, reply: Reply },
     /// Read quorum: "what do you hold for `key`?"
     ReadReq { read: u64, key: String },
     /// Read quorum answer; `None` from a learner (its answer does not count).

@@ -53,6 +53,7 @@
 
 pub mod durable;
 mod election;
+mod inspect;
 mod membership;
 pub mod message;
 pub mod quorum;
@@ -536,7 +537,9 @@ impl Replica {
             PeerMsg::Forward { req, boot, epoch, request } => {
                 self.on_forward(now, from, req, boot, epoch, request, out)
             }
-            PeerMsg::ForwardReply { req, reply } => self.on_forward_reply(req, reply, out),
+            PeerMsg::ForwardReply { req, boot, reply } => {
+                self.on_forward_reply(req, boot, reply, out)
+            }
             PeerMsg::ReadReq { read, key } => self.on_read_req(from, read, key, out),
             PeerMsg::ReadResp { read, answer } => self.on_read_resp(now, from, read, answer, out),
             PeerMsg::FetchReq { from: index } => self.on_fetch_req(now, from, index, out),

@@ -130,7 +130,18 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_forward_reply(&mut self, req: ReqId, answer: Reply, out: &mut Vec<Output>) {
+    pub(super) fn on_forward_reply(
+        &mut self,
+        req: ReqId,
+        boot: u64,
+        answer: Reply,
+        out: &mut Vec<Output>,
+    ) {
+        if boot != self.boot {
+            // An answer to a forward of our previous process.
+            self.stats.dropped_messages += 1;
+            return;
+        }
         if let Some(f) = self.forwards.remove(&req.0) {
             self.finish_forward(f.origin, answer, out);
         }
@@ -171,7 +182,7 @@ impl Replica {
         match l.dedup.get(&key) {
             Some(Dedup::Pending) => {}
             Some(Dedup::Done(answer, _)) => {
-                let msg = PeerMsg::ForwardReply { req, reply: answer.clone() };
+                let msg = PeerMsg::ForwardReply { req, boot, reply: answer.clone() };
                 self.send(vec![from], msg, out);
             }
             None => {
@@ -294,7 +305,11 @@ impl Replica {
                 }
             }
         }
-        if self.commit > self.commit_persisted {
+        // While a snapshot is being saved the commit index may rest on it (an
+        // installed snapshot skips the log). Recorded before the checkpoint, a
+        // restart without the snapshot would walk the old log up to it and
+        // take stale entries for chosen ones. The checkpoint records it.
+        if self.commit > self.commit_persisted && self.snapshot_pending.is_none() {
             self.commit_persisted = self.commit;
             out.push(Output::Persist(Persist::Commit(self.commit)));
         }
@@ -470,8 +485,13 @@ impl Replica {
 
     /// Everything that waits for the commit index to move.
     fn after_commit_moved(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let commit = self.commit;
         if let Role::Leader(l) = &mut self.role {
             l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
+            // A slot can commit before its tally fills (a COMMIT from the last
+            // leader said it was chosen): its tally is done, and once a
+            // snapshot compacts the slot away a re-send would find no entry.
+            l.tallies = l.tallies.split_off(&commit.next());
         }
         self.maybe_finish_recovery(now, out);
         self.check_read_index(out);
@@ -539,7 +559,7 @@ impl Replica {
                         l.dedup_expiry.push_back((self.now, key));
                     }
                 }
-                self.send(vec![from], PeerMsg::ForwardReply { req, reply: answer }, out);
+                self.send(vec![from], PeerMsg::ForwardReply { req, boot, reply: answer }, out);
             }
         }
     }

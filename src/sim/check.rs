@@ -1,0 +1,241 @@
+//! The cheap invariants (DESIGN §3.2, §7), checked after every step:
+//!
+//! - at most one leader per epoch (one replica, in one process life);
+//! - a chosen slot never changes its entry id: the first entry id committed at
+//!   each index, by any replica, in any life, is the only one ever committed
+//!   there, held at or below a commit index, or written over a committed slot;
+//! - so every replica applies a prefix of the same sequence of entry ids;
+//! - a replica's commit index never goes down while it is up, and it applies
+//!   everything it commits in the same step;
+//! - a replica that installs a snapshot (or restarts from one) holds exactly
+//!   the store the chosen commands give at that index.
+//!
+//! Slots at or below a replica's snapshot index are no longer in its log;
+//! the snapshot check covers them.
+
+use crate::protocol::durable::Persist;
+use crate::protocol::types::{Command, EntryId, Epoch, LogIndex, ReplicaId};
+use crate::protocol::Replica;
+use std::collections::BTreeMap;
+
+/// key -> (version, value), as a replica's store holds it.
+pub type Store = BTreeMap<String, (u64, Vec<u8>)>;
+
+/// The invariant state of one run.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// The first committed entry id of every slot, who committed it first,
+    /// and its command.
+    chosen: BTreeMap<LogIndex, (EntryId, ReplicaId, Command)>,
+    /// The store the chosen commands give up to `reference_at`.
+    reference: Store,
+    reference_at: LogIndex,
+    /// Per replica: the snapshot index last checked.
+    snapshot: BTreeMap<ReplicaId, LogIndex>,
+    /// Every epoch that had a leader: (replica, life).
+    leaders: BTreeMap<Epoch, (ReplicaId, u32)>,
+    /// Per replica: its commit index as of the last check (None while down).
+    commit: BTreeMap<ReplicaId, LogIndex>,
+}
+
+impl Checker {
+    /// The slots committed so far, with their entry ids.
+    pub fn chosen(&self) -> impl Iterator<Item = (LogIndex, EntryId)> + '_ {
+        self.chosen.iter().map(|(i, (id, _, _))| (*i, *id))
+    }
+
+    /// The chosen command of every slot up to `to`; Err if one was never seen.
+    pub fn chosen_commands(&self, to: LogIndex) -> Result<BTreeMap<LogIndex, Command>, String> {
+        let mut log = BTreeMap::new();
+        let mut index = LogIndex(1);
+        while index <= to {
+            let Some((_, _, command)) = self.chosen.get(&index) else {
+                return Err(format!("slot {index} is committed but nobody was seen committing it"));
+            };
+            log.insert(index, command.clone());
+            index = index.next();
+        }
+        Ok(log)
+    }
+
+    /// The leader each epoch had, in epoch order.
+    pub fn leaders(&self) -> &BTreeMap<Epoch, (ReplicaId, u32)> {
+        &self.leaders
+    }
+
+    /// A replica crashed: its commit index may restart lower.
+    pub fn on_crash(&mut self, id: ReplicaId) {
+        self.commit.remove(&id);
+        self.snapshot.remove(&id);
+    }
+
+    /// Persist ops a step emitted, checked before they reach the disk: nothing
+    /// may overwrite or drop a slot at or below a commit index with another entry.
+    pub fn check_persists(
+        &self,
+        r: &Replica,
+        commit_before: LogIndex,
+        ops: &[&Persist],
+    ) -> Result<(), String> {
+        let id = r.id();
+        for op in ops {
+            match op {
+                Persist::Accept(list) => {
+                    for (index, entry) in list {
+                        if let Some((chosen, who, _)) = self.chosen.get(index) {
+                            if *chosen != entry.id && *index <= r.commit_index() {
+                                return Err(format!(
+                                    "chosen slot changed: r{id} wrote entry {} at slot {index}, \
+                                     committed as {chosen} (first by r{who})",
+                                    entry.id
+                                ));
+                            }
+                        }
+                    }
+                }
+                Persist::Drop(list) => {
+                    // Compaction under a snapshot is the one way a committed slot goes.
+                    let snapshot = r.snapshot_index();
+                    if let Some(index) =
+                        list.iter().find(|i| **i <= commit_before && **i > snapshot)
+                    {
+                        return Err(format!(
+                            "r{id} dropped slot {index} at or below its commit index {commit_before}"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// After a step of `r` (in process life `life`).
+    pub fn after_step(&mut self, r: &Replica, life: u32) -> Result<(), String> {
+        let id = r.id();
+        if let Some(epoch) = r.leading_epoch() {
+            let me = (id, life);
+            let held = *self.leaders.entry(epoch).or_insert(me);
+            if held != me {
+                return Err(format!(
+                    "two leaders in epoch {epoch}: r{} (life {}) and r{id} (life {life})",
+                    held.0, held.1
+                ));
+            }
+        }
+        let commit = r.commit_index();
+        if r.applied_index() != commit {
+            return Err(format!(
+                "r{id} applied {} but committed {commit} after a step",
+                r.applied_index()
+            ));
+        }
+        let from = match self.commit.get(&id) {
+            Some(prev) if commit < *prev => {
+                return Err(format!("r{id} commit index went down: {prev} -> {commit}"));
+            }
+            Some(prev) => *prev,
+            None => LogIndex(0),
+        };
+        self.record_committed(r, from, commit)?;
+        self.commit.insert(id, commit);
+        let snap = r.snapshot_index();
+        if self.snapshot.get(&id) != Some(&snap) {
+            self.snapshot.insert(id, snap);
+            if snap > LogIndex(0) {
+                self.check_store(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `r`'s store must be what the chosen commands give at its applied index.
+    pub fn check_store(&mut self, r: &Replica) -> Result<(), String> {
+        let at = r.applied_index();
+        let expected = self.reference_store(at)?;
+        if r.store() == expected {
+            return Ok(());
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            r.store().keys().chain(expected.keys()).collect();
+        let diffs: Vec<String> = keys
+            .into_iter()
+            .filter(|k| r.store().get(*k) != expected.get(*k))
+            .map(|k| format!("{k}: holds {:?}, expected {:?}", r.store().get(k), expected.get(k)))
+            .collect();
+        Err(format!("r{}'s store at applied index {at} is wrong: {}", r.id(), diffs.join("; ")))
+    }
+
+    /// The store the chosen commands give after slot `at`.
+    fn reference_store(&mut self, at: LogIndex) -> Result<&Store, String> {
+        if at < self.reference_at {
+            self.reference.clear();
+            self.reference_at = LogIndex(0);
+        }
+        while self.reference_at < at {
+            let index = self.reference_at.next();
+            let Some((_, _, command)) = self.chosen.get(&index) else {
+                return Err(format!(
+                    "a store covers slot {index}, which nobody was seen committing"
+                ));
+            };
+            apply(&mut self.reference, index, command);
+            self.reference_at = index;
+        }
+        Ok(&self.reference)
+    }
+
+    /// Every slot in `(from, to]` of `r`'s log must hold the chosen entry id.
+    fn record_committed(
+        &mut self,
+        r: &Replica,
+        from: LogIndex,
+        to: LogIndex,
+    ) -> Result<(), String> {
+        let id = r.id();
+        // Slots a snapshot covers are no longer held; the store check covers them.
+        let mut index = from.max(r.snapshot_index()).next();
+        while index <= to {
+            let Some(entry) = r.log().get(&index) else {
+                return Err(format!("r{id} committed slot {index} but holds no entry there"));
+            };
+            let (chosen, who, _) =
+                self.chosen.entry(index).or_insert_with(|| (entry.id, id, entry.command.clone()));
+            let (chosen, who) = (*chosen, *who);
+            if chosen != entry.id {
+                return Err(format!(
+                    "chosen slot changed: r{id} committed {} at slot {index}, \
+                     first committed as {chosen} by r{who}",
+                    entry.id
+                ));
+            }
+            index = index.next();
+        }
+        Ok(())
+    }
+
+    /// A full pass over `r`'s committed log (after a restart and now and then).
+    pub fn full_check(&mut self, r: &Replica) -> Result<(), String> {
+        self.record_committed(r, LogIndex(0), r.commit_index())
+    }
+}
+
+/// Applies one command as every replica does (DESIGN §4: CAS is decided at
+/// apply time by the same rule everywhere).
+fn apply(store: &mut Store, index: LogIndex, command: &Command) {
+    match command {
+        Command::Noop => {}
+        Command::Put { key, value } => {
+            store.insert(key.clone(), (index.0, value.clone()));
+        }
+        Command::Del { key } => {
+            store.remove(key);
+        }
+        Command::Cas { key, version, value } => {
+            let current = store.get(key).map(|(v, _)| *v).unwrap_or(0);
+            if current == *version {
+                store.insert(key.clone(), (index.0, value.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! One seed, one run (DESIGN §7; STYLE "Testing pyramid" 3): the seed picks the
+//! cluster (3 or 5 replicas, alternating; quorums), the fault rates and a
+//! schedule of faults: partitions (one-way too), crashes (clean, torn, during
+//! fsync, mid-send) and restarts, pauses, slow clocks. Clients run throughout.
+//! The invariant checkers run after every step. At the end everything heals
+//! and the run must settle: a serving leader, every request answered, every
+//! replica caught up. Then a final read of every key, and the client history
+//! is checked for linearizability and against the committed log.
+//!
+//! `SIM_SEED=n cargo test --release sim` replays seed n with its trace;
+//! `SIM_SEEDS=n` sets the sweep's seed count (`SIM_SEED_FIRST` its first seed).
+
+use super::clients::{key_name, Call, Clients};
+use super::cluster::{mix, CrashPoint, SimCluster, SimConfig};
+use super::net::NetFaults;
+use crate::protocol::quorum;
+use crate::protocol::types::{Command, LogIndex, Millis, ReplicaId};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::BTreeMap;
+
+/// Simulated time with clients and faults, per seed: drawn from this range.
+/// Sized so the release sweep of 10,000 seeds takes a few minutes on two cores.
+const ACTIVE_MS_MIN: u64 = 4_000;
+const ACTIVE_MS_MAX: u64 = 30_000;
+/// After healing, the cluster must settle within this time (liveness).
+const SETTLE_MS_MAX: u64 = 3000;
+/// The final reads must be answered within this time.
+const FINAL_READS_MS_MAX: u64 = 3000;
+/// Attempts per key of the final read (an error answer is retried).
+const FINAL_READ_TRIES: usize = 5;
+
+const HEARTBEAT_MS: u64 = 10;
+const ELECTION_TIMEOUT_MS: u64 = 50;
+const REQUEST_TIMEOUT_MS: u64 = 300;
+const _: () = assert!(HEARTBEAT_MS * 3 <= ELECTION_TIMEOUT_MS);
+const _: () = assert!(ELECTION_TIMEOUT_MS * 2 <= REQUEST_TIMEOUT_MS);
+
+/// One scheduled fault action.
+#[derive(Clone, Debug)]
+enum Action {
+    Partition(Vec<Vec<ReplicaId>>),
+    Cut(ReplicaId, ReplicaId),
+    Heal,
+    Crash(ReplicaId, CrashKind),
+    Restart(ReplicaId),
+    Pause(ReplicaId),
+    Resume(ReplicaId),
+    Ticks(ReplicaId, u64),
+}
+
+/// How a crash lands.
+#[derive(Clone, Copy, Debug)]
+enum CrashKind {
+    /// Between steps; un-synced ops are lost.
+    Clean,
+    /// Between steps; a random prefix of the un-synced ops survives.
+    Torn,
+    /// During the next fsync.
+    Point(CrashPoint),
+}
+
+/// The run's shape and fault profile, all drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub cfg: SimConfig,
+    /// Simulated time with clients and faults.
+    pub active_ms: u64,
+    pub net: NetFaults,
+    pub batch_max: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub think_ms_max: u64,
+    /// Gap between two fault actions.
+    pub fault_gap_ms: (u64, u64),
+    /// Relative weights: partition, one-way cut, crash, pause, slow ticks.
+    pub weights: [u32; 5],
+    /// Per cent of crashes allowed to take a majority down (briefly).
+    pub majority_down_pct: u32,
+    /// Wiped disks: off until learners exist (DESIGN §6).
+    pub wipe_pct: u32,
+}
+
+impl Plan {
+    /// The plan of `seed`.
+    pub fn of(seed: u64, rng: &mut StdRng) -> Plan {
+        let n = if seed.is_multiple_of(2) { 3 } else { 5 };
+        let quorums: &[(usize, usize)] = if n == 3 {
+            &[(2, 2), (2, 2), (2, 2), (2, 3), (3, 1)]
+        } else {
+            &[(3, 3), (3, 3), (3, 3), (4, 2), (3, 4), (5, 1)]
+        };
+        let (nw, nr) = quorums[rng.random_range(0..quorums.len())];
+        assert!(quorum::is_valid(n, nw, nr));
+        let cfg = SimConfig {
+            n,
+            write_quorum: nw,
+            read_quorum: nr,
+            heartbeat_ms: HEARTBEAT_MS,
+            election_timeout_ms: ELECTION_TIMEOUT_MS,
+            request_timeout_ms: REQUEST_TIMEOUT_MS,
+            tick_ms: rng.random_range(1..=4),
+            formed: rng.random_bool(0.7),
+            snapshot_every_entries: [10, 40, 200, 1000][rng.random_range(0..4)],
+            fsync_ms: [(0, 0), (0, 0), (0, 2), (1, 5), (2, 12)][rng.random_range(0..5)],
+            snapshot_ms: rng.random_range(0..=30),
+        };
+        let pick = |rng: &mut StdRng, xs: &[u32]| xs[rng.random_range(0..xs.len())];
+        let delay_ms_min = rng.random_range(0..=2);
+        let net = NetFaults {
+            drop_per_mille: pick(rng, &[0, 0, 5, 20, 80, 200]),
+            dup_per_mille: pick(rng, &[0, 0, 10, 50]),
+            delay_ms_min,
+            delay_ms_max: delay_ms_min + rng.random_range(0..=8),
+            slow_per_mille: pick(rng, &[0, 10, 50, 150]),
+            slow_delay_ms_max: rng.random_range(10..=150),
+        };
+        let gap_min = rng.random_range(10..=150);
+        Plan {
+            cfg,
+            active_ms: rng.random_range(ACTIVE_MS_MIN..=ACTIVE_MS_MAX),
+            net,
+            batch_max: rng.random_range(1..=6),
+            clients: rng.random_range(2..=5),
+            keys: rng.random_range(3..=5),
+            think_ms_max: rng.random_range(0..=30),
+            fault_gap_ms: (gap_min, gap_min + rng.random_range(0..=300)),
+            weights: [
+                pick(rng, &[0, 1, 3]),
+                pick(rng, &[0, 1, 2]),
+                pick(rng, &[0, 1, 3, 5]),
+                pick(rng, &[0, 1, 2]),
+                pick(rng, &[0, 1]),
+            ],
+            majority_down_pct: pick(rng, &[0, 5, 20]),
+            wipe_pct: 0,
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub batches: u64,
+    pub requests: usize,
+    pub acknowledged: usize,
+    pub sim_ms: u64,
+    pub elections: usize,
+}
+
+/// One seed's run: the cluster, the clients, the fault schedule.
+pub struct SeedRun {
+    pub seed: u64,
+    pub plan: Plan,
+    pub cluster: SimCluster,
+    pub clients: Clients,
+    rng: StdRng,
+    schedule: BTreeMap<(Millis, u64), Action>,
+    next_action: u64,
+    next_fault_at: Millis,
+}
+
+impl SeedRun {
+    /// Sets up seed `seed`; `trace` records a readable trace.
+    pub fn new(seed: u64, trace: bool) -> SeedRun {
+        let mut rng = StdRng::seed_from_u64(mix(seed ^ 0x706c_616e));
+        let plan = Plan::of(seed, &mut rng);
+        let mut cluster = SimCluster::new(plan.cfg.clone(), seed, false);
+        cluster.trace.on = trace;
+        cluster.net.faults = plan.net.clone();
+        cluster.batch_max = plan.batch_max;
+        let clients = Clients::new(plan.clients, plan.keys, plan.think_ms_max);
+        let next_fault_at = Millis(rng.random_range(0..=300));
+        SeedRun {
+            seed,
+            plan,
+            cluster,
+            clients,
+            rng,
+            schedule: BTreeMap::new(),
+            next_action: 0,
+            next_fault_at,
+        }
+    }
+
+    /// Runs the seed to its end; Err names the first failure.
+    pub fn run(&mut self) -> Result<RunStats, String> {
+        let p = &self.plan;
+        let cfg = &p.cfg;
+        self.cluster.note(|| {
+            format!(
+                "seed {}: {}ms n={} nw={} nr={} formed={} tick={}ms batch<={} clients={} keys={} \
+                 fsync={:?}ms snapshot every {} entries ({}ms to save) \
+                 net={:?} faults every {:?}ms weights={:?} majority-down={}%",
+                self.seed,
+                p.active_ms,
+                cfg.n,
+                cfg.write_quorum,
+                cfg.read_quorum,
+                cfg.formed,
+                cfg.tick_ms,
+                p.batch_max,
+                p.clients,
+                p.keys,
+                cfg.fsync_ms,
+                cfg.snapshot_every_entries,
+                cfg.snapshot_ms,
+                p.net,
+                p.fault_gap_ms,
+                p.weights,
+                p.majority_down_pct
+            )
+        });
+        self.cluster.start();
+        while self.cluster.now.0 < self.plan.active_ms {
+            self.nemesis();
+            self.clients.issue(&mut self.cluster, &mut self.rng);
+            self.advance()?;
+        }
+        self.heal_all();
+        // Messages sent during the faults may still arrive (a slow one, a
+        // delayed forward): the run is settled only once they all have.
+        let slowest_ms = self.plan.net.delay_ms_max.max(self.plan.net.slow_delay_ms_max);
+        self.settle(self.cluster.now.plus(slowest_ms + 1))?;
+        self.final_reads()?;
+        // A write that timed out may still commit during the final reads.
+        self.settle(self.cluster.now)?;
+        self.check_end()
+    }
+
+    /// One millisecond of cluster time, then the invariants and client events.
+    fn advance(&mut self) -> Result<(), String> {
+        self.cluster.step_ms();
+        if let Some(v) = &self.cluster.violation {
+            return Err(v.clone());
+        }
+        self.clients.absorb(&mut self.cluster, &mut self.rng)
+    }
+
+    fn schedule(&mut self, at: Millis, action: Action) {
+        self.schedule.insert((at, self.next_action), action);
+        self.next_action += 1;
+    }
+
+    /// Runs due actions and draws the next fault when its time comes.
+    fn nemesis(&mut self) {
+        let now = self.cluster.now;
+        while let Some((&key, _)) = self.schedule.first_key_value() {
+            if key.0 > now {
+                break;
+            }
+            let action = self.schedule.remove(&key).expect("just seen");
+            self.act(action);
+        }
+        if now >= self.next_fault_at {
+            let (lo, hi) = self.plan.fault_gap_ms;
+            self.next_fault_at = now.plus(self.rng.random_range(lo..=hi));
+            self.draw_fault(now);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        let c = &mut self.cluster;
+        match action {
+            Action::Partition(groups) => c.partition(&groups),
+            Action::Cut(a, b) => c.cut(a, b),
+            Action::Heal => c.heal(),
+            Action::Crash(id, CrashKind::Clean) => c.crash(id, 0),
+            Action::Crash(id, CrashKind::Torn) => {
+                let keep = self.rng.random_range(0..=8);
+                c.crash(id, keep)
+            }
+            Action::Crash(id, CrashKind::Point(p)) => c.arm_crash(id, p),
+            Action::Restart(id) => {
+                c.disarm(id);
+                c.restart(id)
+            }
+            Action::Pause(id) => c.pause(id),
+            Action::Resume(id) => c.resume(id),
+            Action::Ticks(id, ms) => {
+                c.set_tick_ms(id, ms);
+                c.note(|| format!("r{id} ticks every {ms}ms"));
+            }
+        }
+    }
+
+    fn random_id(&mut self) -> ReplicaId {
+        ReplicaId(self.rng.random_range(1..=self.plan.cfg.n as u8))
+    }
+
+    fn draw_fault(&mut self, now: Millis) {
+        let w = self.plan.weights;
+        let total: u32 = w.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let mut roll = self.rng.random_range(0..total);
+        let mut kind = 0;
+        while roll >= w[kind] {
+            roll -= w[kind];
+            kind += 1;
+        }
+        let n = self.plan.cfg.n;
+        match kind {
+            0 => {
+                let ids: Vec<ReplicaId> = (1..=n as u8).map(ReplicaId).collect();
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for id in ids {
+                    if self.rng.random_bool(0.5) {
+                        a.push(id)
+                    } else {
+                        b.push(id)
+                    }
+                }
+                if a.is_empty() || b.is_empty() {
+                    let id = self.random_id();
+                    a = vec![id];
+                    b = (1..=n as u8).map(ReplicaId).filter(|x| *x != id).collect();
+                }
+                self.act(Action::Partition(vec![a, b]));
+                let at = now.plus(self.rng.random_range(30..=600));
+                self.schedule(at, Action::Heal);
+            }
+            1 => {
+                let a = self.random_id();
+                let b = self.random_id();
+                if a != b {
+                    self.act(Action::Cut(a, b));
+                    let at = now.plus(self.rng.random_range(30..=600));
+                    self.schedule(at, Action::Heal);
+                }
+            }
+            2 => self.draw_crash(now),
+            3 => {
+                let id = self.random_id();
+                if self.cluster.is_up(id) && !self.cluster.is_paused(id) {
+                    self.act(Action::Pause(id));
+                    let at = now.plus(self.rng.random_range(10..=400));
+                    self.schedule(at, Action::Resume(id));
+                }
+            }
+            _ => {
+                let id = self.random_id();
+                let ms = self.rng.random_range(5..=40);
+                self.act(Action::Ticks(id, ms));
+                let at = now.plus(self.rng.random_range(50..=500));
+                let normal = self.plan.cfg.tick_ms;
+                self.schedule(at, Action::Ticks(id, normal));
+            }
+        }
+    }
+
+    /// Crashes one running replica, keeping at most a minority down, except
+    /// now and then a majority for a short while; schedules its restart.
+    fn draw_crash(&mut self, now: Millis) {
+        let n = self.plan.cfg.n;
+        let minority = n - quorum::majority(n);
+        let down = self.cluster.ids().iter().filter(|id| !self.cluster.is_up(**id)).count();
+        let majority_ok = self.rng.random_range(0..100) < self.plan.majority_down_pct;
+        if down + 1 > minority && !(majority_ok && down + 1 < n) {
+            return;
+        }
+        let up: Vec<ReplicaId> =
+            self.cluster.ids().into_iter().filter(|id| self.cluster.is_up(*id)).collect();
+        if up.is_empty() {
+            return;
+        }
+        let id = up[self.rng.random_range(0..up.len())];
+        let kind = match self.rng.random_range(0..4) {
+            0 => CrashKind::Clean,
+            1 => CrashKind::Torn,
+            2 => CrashKind::Point(CrashPoint::AtSync { keep: self.rng.random_range(0..=3) }),
+            _ => CrashKind::Point(CrashPoint::AfterSends(self.rng.random_range(0..=4))),
+        };
+        self.act(Action::Crash(id, kind));
+        let down_ms = if down + 1 > minority {
+            self.rng.random_range(10..=150)
+        } else {
+            self.rng.random_range(10..=700)
+        };
+        let restart_at = now.plus(down_ms);
+        if self.rng.random_range(0..100) < self.plan.wipe_pct && !self.cluster.is_up(id) {
+            // Learners do not exist yet: a wiped replica could never rejoin.
+            self.cluster.wipe(id);
+        }
+        self.schedule(restart_at, Action::Restart(id));
+    }
+
+    /// The end of the faults: heal, resume, restart, clock back to normal, a
+    /// reliable network.
+    fn heal_all(&mut self) {
+        self.cluster.note(|| "end of faults: heal everything".into());
+        self.schedule.clear();
+        self.cluster.net.faults =
+            NetFaults { delay_ms_min: 0, delay_ms_max: 2, ..NetFaults::default() };
+        self.cluster.heal();
+        for id in self.cluster.ids() {
+            self.cluster.disarm(id);
+            self.cluster.set_tick_ms(id, self.plan.cfg.tick_ms);
+            self.cluster.resume(id);
+            self.cluster.restart(id);
+        }
+    }
+
+    /// Liveness: from `quiet_from` on, a serving leader with nothing
+    /// uncommitted that every replica follows and has caught up with, and every
+    /// request answered, within `SETTLE_MS_MAX`.
+    fn settle(&mut self, quiet_from: Millis) -> Result<(), String> {
+        let start = self.cluster.now;
+        loop {
+            if self.cluster.now >= quiet_from && self.is_settled() {
+                self.cluster.note(|| "settled".into());
+                return Ok(());
+            }
+            if self.cluster.now.since(start) >= SETTLE_MS_MAX {
+                return Err(format!(
+                    "liveness: not settled {SETTLE_MS_MAX}ms after healing: {}",
+                    self.status_summary()
+                ));
+            }
+            self.advance()?;
+        }
+    }
+
+    fn is_settled(&self) -> bool {
+        let c = &self.cluster;
+        let Some(leader) = c.serving_leader() else { return false };
+        let l = c.replica(leader).expect("serving leader is up");
+        let (epoch, commit) = (l.epoch(), l.commit_index());
+        if l.last_log_index() != commit {
+            return false;
+        }
+        let caught_up = c.ids().iter().all(|id| {
+            c.replica(*id).is_some_and(|r| {
+                r.commit_index() == commit && r.epoch() == epoch && r.leader_id() == Some(leader)
+            })
+        });
+        caught_up && self.clients.pending() == 0 && c.outstanding() == 0
+    }
+
+    fn status_summary(&self) -> String {
+        let c = &self.cluster;
+        let mut parts = vec![format!("pending requests {}", self.clients.pending())];
+        for id in c.ids() {
+            match c.replica(id) {
+                Some(r) => parts.push(format!("r{id}: {}", r.status(c.now))),
+                None => parts.push(format!("r{id}: down")),
+            }
+        }
+        parts.join("; ")
+    }
+
+    /// A final read of every key through the protocol, retried on errors.
+    fn final_reads(&mut self) -> Result<(), String> {
+        let start = self.cluster.now;
+        for key in 0..self.plan.keys {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let id = self.random_id();
+                // Client 0 is idle now; its final reads join the history.
+                if !self.clients.send(&mut self.cluster, 0, key, id, Call::Get) {
+                    return Err(format!("final read: r{id} is down after settling"));
+                }
+                while self.clients.pending() > 0 {
+                    if self.cluster.now.since(start) >= FINAL_READS_MS_MAX {
+                        return Err(format!(
+                            "liveness: final read of {} unanswered after {FINAL_READS_MS_MAX}ms",
+                            key_name(key)
+                        ));
+                    }
+                    self.advance()?;
+                }
+                let last = self.clients.history.last().expect("just sent");
+                if matches!(last.outcome, super::clients::Outcome::Read(_)) {
+                    break;
+                }
+                if tries >= FINAL_READ_TRIES {
+                    return Err(format!(
+                        "liveness: final read of {} failed {tries} times: {:?}",
+                        key_name(key),
+                        last.outcome
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The end-of-run checks: logs, stores, history.
+    fn check_end(&mut self) -> Result<RunStats, String> {
+        self.cluster.full_check();
+        if let Some(v) = &self.cluster.violation {
+            return Err(v.clone());
+        }
+        self.cluster.check_stores()?;
+        let c = &self.cluster;
+        let leader = c.serving_leader().ok_or("no serving leader at the end")?;
+        let l = c.replica(leader).expect("up");
+        // The committed log as the checker saw it chosen (replicas compact theirs).
+        let log: BTreeMap<LogIndex, Command> = c.checker.chosen_commands(l.commit_index())?;
+        for id in c.ids() {
+            let r = c.replica(id).expect("all up after settling");
+            if r.store() != l.store() {
+                let keys: std::collections::BTreeSet<&String> =
+                    r.store().keys().chain(l.store().keys()).collect();
+                let diffs: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| r.store().get(*k) != l.store().get(*k))
+                    .map(|k| format!("{k}: {:?} vs {:?}", r.store().get(k), l.store().get(k)))
+                    .collect();
+                return Err(format!(
+                    "r{id}'s store differs from leader r{leader}'s at commit {}: {}",
+                    r.commit_index(),
+                    diffs.join("; ")
+                ));
+            }
+        }
+        self.clients.check_against_log(&log)?;
+        self.clients.settle_unknowns(&log);
+        self.clients.check_linearizable()?;
+        let h = &self.clients.history;
+        Ok(RunStats {
+            batches: c.batches,
+            requests: h.len(),
+            acknowledged: h
+                .iter()
+                .filter(|r| matches!(r.outcome, super::clients::Outcome::Written(_)))
+                .count(),
+            sim_ms: c.now.0,
+            elections: c.checker.leaders().len(),
+        })
+    }
+}
+
+/// The result of one seed, with the trace when it was recorded.
+pub struct SeedResult {
+    pub seed: u64,
+    pub outcome: Result<RunStats, String>,
+    pub trace: Vec<String>,
+}
+
+/// Runs one seed; a panic in the protocol is a failure like any other.
+pub fn run_seed(seed: u64, trace: bool) -> SeedResult {
+    let mut run = SeedRun::new(seed, trace);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.run()));
+    let outcome = match caught {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(format!("panic: {text}"))
+        }
+    };
+    SeedResult { seed, outcome, trace: std::mem::take(&mut run.cluster.trace.lines) }
+}
