@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binary;
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod scenarios;
