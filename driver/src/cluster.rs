@@ -15,6 +15,7 @@
 //! needs no unsafe code and no extra crate.
 
 use crate::client::Client;
+use crate::proxy::Proxy;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -101,6 +102,24 @@ pub struct ClusterOpts {
     pub request_timeout_ms: u64,
     /// `--fsync always` when true, `--fsync never` when false.
     pub fsync: bool,
+    /// Start the replicas behind a [`Proxy`] (every peer link through it), so
+    /// the driver can cut links: see [`Cluster::proxy`].
+    pub proxied: bool,
+    /// Where each replica listens and how it is launched (e.g. inside a
+    /// network namespace); `None` means 127.0.0.1 on free ports.
+    pub placement: Option<Vec<Placement>>,
+}
+
+/// Where one replica runs: its listening address and a command prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The host (IP address) it listens on.
+    pub host: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// Run the server through this command (e.g. `ip netns exec ns1`); the
+    /// prefix must `exec` the server, so the pid is the server's.
+    pub launcher: Vec<String>,
 }
 
 impl Default for ClusterOpts {
@@ -115,6 +134,8 @@ impl Default for ClusterOpts {
             election_timeout_ms: 500,
             request_timeout_ms: 5000,
             fsync: true,
+            proxied: false,
+            placement: None,
         }
     }
 }
@@ -274,6 +295,8 @@ pub struct Cluster {
     root: PathBuf,
     /// Replica `id` is at index `id - 1`.
     replicas: Vec<Replica>,
+    /// The link proxy when `opts.proxied`; dropped after the children.
+    proxy: Option<Proxy>,
     /// Dropped after `Drop::drop` has killed the children.
     _permit: Permit,
 }
@@ -291,7 +314,8 @@ impl Cluster {
         }
         let permit = Permit::acquire();
         let root = make_root()?;
-        let mut cluster = Cluster { opts, root, replicas: Vec::new(), _permit: permit };
+        let mut cluster =
+            Cluster { opts, root, replicas: Vec::new(), proxy: None, _permit: permit };
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS_MAX {
             match cluster.start_attempt(attempt) {
@@ -308,7 +332,19 @@ impl Cluster {
 
     /// One try: fresh ports, empty data dirs, spawn all, wait for all.
     fn start_attempt(&mut self, attempt: usize) -> Result<(), StartError> {
-        let ports = pick_ports(self.opts.replicas).map_err(StartError::Other)?;
+        let (hosts, ports) = match &self.opts.placement {
+            Some(p) if p.len() == self.opts.replicas => {
+                (p.iter().map(|p| p.host.clone()).collect(), p.iter().map(|p| p.port).collect())
+            }
+            Some(p) => {
+                let msg = format!("{} placements for {} replicas", p.len(), self.opts.replicas);
+                return Err(StartError::Other(msg));
+            }
+            None => (
+                vec!["127.0.0.1".to_string(); self.opts.replicas],
+                pick_ports(self.opts.replicas).map_err(StartError::Other)?,
+            ),
+        };
         let data = self.root.join("data");
         let logs = self.root.join("logs");
         // A previous attempt's directories name other ports: start blank.
@@ -322,13 +358,18 @@ impl Cluster {
                 .map_err(|e| StartError::Other(format!("create {}: {e}", data_dir.display())))?;
             self.replicas.push(Replica {
                 id,
-                addr: format!("127.0.0.1:{port}"),
+                addr: format!("{}:{port}", hosts[i]),
                 data_dir,
                 log_path: logs.join(format!("{id}.log")),
                 child: None,
                 crashed: None,
                 stopped: false,
             });
+        }
+        self.proxy = None;
+        if self.opts.proxied {
+            let targets: Vec<String> = self.replicas.iter().map(|r| r.addr.clone()).collect();
+            self.proxy = Some(Proxy::start(&targets).map_err(StartError::Other)?);
         }
         // Spawn all before waiting: a replica may not answer until it meets its peers.
         let mut log_offsets = Vec::new();
@@ -347,6 +388,7 @@ impl Cluster {
     fn spawn(&mut self, id: usize, note: &str) -> Result<u64, String> {
         let args = self.args(id);
         let opts_binary = self.opts.binary.clone();
+        let launcher = self.opts.placement.as_ref().map(|p| p[id - 1].launcher.clone());
         let r = &mut self.replicas[id - 1];
         let mut log = OpenOptions::new()
             .create(true)
@@ -357,7 +399,15 @@ impl Cluster {
         // The child's output starts after the note (the file is opened for append).
         let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stderr = log.try_clone().map_err(|e| format!("clone log: {e}"))?;
-        let child = Command::new(&opts_binary)
+        let mut command = match launcher.as_deref() {
+            Some([program, prefix @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(prefix).arg(&opts_binary);
+                c
+            }
+            _ => Command::new(&opts_binary),
+        };
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -391,11 +441,19 @@ impl Cluster {
             o.request_timeout_ms.to_string(),
         ];
         args.extend(o.extra_flags.iter().cloned());
+        if let Some(proxy) = &self.proxy {
+            args.extend(proxy.dial_flags(id));
+        }
         args
     }
 
     /// Waits until replica `id` answers STATUS naming itself, or exits.
     fn wait_ready(&mut self, id: usize, log_offset: u64) -> Result<(), StartError> {
+        self.wait_ready_status(id, log_offset).map(|_| ())
+    }
+
+    /// [`Cluster::wait_ready`], returning the first STATUS that named `id`.
+    fn wait_ready_status(&mut self, id: usize, log_offset: u64) -> Result<Status, StartError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.reap_if_exited(id) {
@@ -409,7 +467,7 @@ impl Cluster {
             }
             if let Ok(s) = self.status(id) {
                 if s.id() == id {
-                    return Ok(());
+                    return Ok(s);
                 }
             }
             if Instant::now() >= deadline {
@@ -436,6 +494,45 @@ impl Cluster {
     /// The options the cluster was started with (with the binary resolved).
     pub fn opts(&self) -> &ClusterOpts {
         &self.opts
+    }
+
+    /// The link proxy, when the cluster was started with `proxied`.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
+    /// SIGKILLs every listed running replica at once (all signals first, then
+    /// the reaping), as a power cut does; returns the ids killed.
+    pub fn kill_at_once(&mut self, ids: &[usize]) -> Result<Vec<usize>, String> {
+        let mut killed = Vec::new();
+        for &id in ids {
+            self.replica(id);
+            if let Some(child) = self.replicas[id - 1].child.as_mut() {
+                child.kill().map_err(|e| format!("kill {id}: {e}"))?;
+                killed.push(id);
+            }
+        }
+        for &id in &killed {
+            let r = &mut self.replicas[id - 1];
+            if let Some(mut child) = r.child.take() {
+                child.wait().map_err(|e| format!("reap {id}: {e}"))?;
+            }
+            r.stopped = false;
+        }
+        self.note(&format!("killed replicas {killed:?} at once (SIGKILL)"));
+        Ok(killed)
+    }
+
+    /// Like [`Cluster::restart`], and returns the first STATUS the restarted
+    /// replica answered, to see the state it came up in.
+    pub fn restart_with_status(&mut self, id: usize) -> Result<Status, String> {
+        if self.is_running(id) {
+            return Err(format!("restart {id}: still running"));
+        }
+        let offset = self.spawn(id, "restart")?;
+        self.wait_ready_status(id, offset).map_err(|e| match e {
+            StartError::PortTaken(m) | StartError::Other(m) => format!("restart {id}: {m}"),
+        })
     }
 
     /// The temp root holding `data/` and `logs/`.
@@ -603,9 +700,24 @@ impl Cluster {
     /// Returns `(leader id, epoch)`. Fails at `deadline` with what it last saw,
     /// or at once when a replica crashes.
     pub fn wait_for_leader(&mut self, deadline: Instant) -> Result<(usize, u64), String> {
+        self.wait_for_leader_among(None, deadline)
+    }
+
+    /// [`Cluster::wait_for_leader`] over the replicas in `among` only (those
+    /// of them running and not stopped), e.g. the majority side of a
+    /// partition; `None` means all.
+    pub fn wait_for_leader_among(
+        &mut self,
+        among: Option<&[usize]>,
+        deadline: Instant,
+    ) -> Result<(usize, u64), String> {
         loop {
             self.check_alive()?;
-            let ids = self.live_ids();
+            let ids: Vec<usize> = self
+                .live_ids()
+                .into_iter()
+                .filter(|id| among.is_none_or(|a| a.contains(id)))
+                .collect();
             let statuses: Vec<(usize, Result<Status, String>)> =
                 ids.iter().map(|&id| (id, self.status(id))).collect();
             if let Some(found) = agreed_leader(&statuses) {

@@ -18,5 +18,6 @@
 pub mod binary;
 pub mod check;
 pub mod client;
+pub mod proxy;
 pub mod cluster;
 pub mod scenarios;
