@@ -9,6 +9,10 @@
 //!   torn down on `Drop`, also when a test panics.
 //! - [`scenarios`]: the properties the driver proves, one file each; the root
 //!   integration tests reuse them with other replica counts and quorums.
+//! - [`check`]: a linearizability checker for client histories, with its own
+//!   plain history type (usable by the in-crate simulator too).
+//! - [`proxy`]: a link proxy between replicas, for partitions on one host.
+//! - [`netns`]: replicas in network namespaces, partitioned by blackhole routes.
 //!
 //! Every wait here is a poll against a deadline; nothing sleeps in place of
 //! synchronisation.
@@ -18,6 +22,7 @@
 pub mod binary;
 pub mod check;
 pub mod client;
-pub mod proxy;
 pub mod cluster;
+pub mod netns;
+pub mod proxy;
 pub mod scenarios;
