@@ -68,8 +68,14 @@ fn server_binary() -> Result<PathBuf, String> {
     driver::binary::locate_server()
 }
 
-/// Runs one scenario, catching a panic as a failure; prints its verdict.
+/// Runs one scenario, catching a panic as a failure; prints its verdict. A
+/// scenario whose requirements this machine lacks is skipped (and counts as
+/// passed: it cannot fail here), with the reason.
 fn run_one(scenario: &Scenario, opts: &ClusterOpts) -> bool {
+    if let Some(Err(reason)) = scenario.requires.map(|requires| requires()) {
+        println!("SKIP {}: {reason}", scenario.name);
+        return true;
+    }
     let started = Instant::now();
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| (scenario.run)(opts)));
     let secs = started.elapsed().as_secs_f64();
@@ -83,7 +89,7 @@ fn run_one(scenario: &Scenario, opts: &ClusterOpts) -> bool {
             true
         }
         Err(reason) => {
-            println!("FAIL {}: {reason}", scenario.name);
+            println!("FAIL {} ({secs:.1}s): {reason}", scenario.name);
             false
         }
     }
