@@ -617,6 +617,13 @@ impl Cluster {
         }
     }
 
+    /// Ids of replicas that exited without the driver killing them (reaped
+    /// now); each stays listed until it is restarted.
+    pub fn crashed_ids(&mut self) -> Vec<usize> {
+        let _ = self.running_ids();
+        self.replicas.iter().filter(|r| r.crashed.is_some()).map(|r| r.id).collect()
+    }
+
     /// SIGKILLs replica `id` and reaps it. A stopped process dies too.
     pub fn kill(&mut self, id: usize) -> Result<(), String> {
         self.replica(id);
