@@ -336,7 +336,7 @@ pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
 
     let ok = records.iter().filter(|r| matches!(r.event.outcome, Outcome::Ok(_))).count();
     let fail = records.iter().filter(|r| r.event.outcome == Outcome::Fail).count();
-    let mut summary = Summary {
+    let summary = Summary {
         seed: opts.seed,
         ops: records.len(),
         ok,
@@ -346,11 +346,10 @@ pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
         keys,
         violations,
         svg: opts.out.join("history.svg"),
-        secs: 0.0,
+        secs: started.elapsed().as_secs_f64(),
     };
     write_outputs(opts, &records, &summary, end_us)
         .map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
-    summary.secs = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 

@@ -12,8 +12,10 @@
 //! stops too) and holds them open, and it holds new connections without
 //! dialing the target. The sender sees what a real blackhole shows: writes that
 //! fill the socket buffers and then stall, dials that never complete a
-//! handshake. [`Proxy::heal`] resumes copying: bytes held in the socket
-//! buffers are delivered late, as TCP would after a partition heals.
+//! handshake. [`Proxy::heal`] resumes copying on established connections:
+//! bytes held in the socket buffers are delivered late, as TCP retransmits
+//! them after a partition heals. Connections first seen during the cut are
+//! closed at the heal, so their dialers dial again.
 //!
 //! A cut is checked to take effect: once [`Proxy::cut`] returns, no copy is in
 //! flight and the pair's byte counter is frozen, which [`Proxy::check_cut`]
@@ -339,11 +341,20 @@ fn serve(
         lock(&link.sockets).push(clone);
     }
     // A blackhole: the dialer's connection is held, the target never dialed.
+    // Through a real blackhole this connection would never have been set
+    // up, so after the heal it is closed (the dialer dials again) rather
+    // than delivering what the dialer sent into the void.
+    let mut held = false;
     while link.cut.load(Ordering::SeqCst) {
+        held = true;
         if shutdown.load(Ordering::SeqCst) {
             return;
         }
         thread::sleep(POLL);
+    }
+    if held {
+        let _ = inbound.shutdown(Shutdown::Both);
+        return;
     }
     let target = match link.target.parse::<SocketAddr>() {
         Ok(addr) => TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT),
@@ -468,7 +479,7 @@ mod tests {
         assert!(roundtrip(&mut s, "held").is_err(), "a cut link answered");
         proxy.check_cut(1, 2).unwrap();
         proxy.check_isolated(&[1]).unwrap_err(); // 2->1 is not cut
-                                                 // A new connection is held too.
+                                                 // A new connection is held too, and closed at the heal.
         let mut fresh = TcpStream::connect(&addr).unwrap();
         fresh.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         assert!(roundtrip(&mut fresh, "new").is_err());
@@ -480,6 +491,9 @@ mod tests {
         reader.read_line(&mut line).unwrap();
         assert_eq!(line, "held\n", "the held bytes arrive after the heal");
         assert_eq!(roundtrip(&mut s, "again").unwrap(), "again");
+        fresh.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(fresh.read(&mut buf), Ok(0) | Err(_)), "a held new connection is closed");
     }
 
     #[test]

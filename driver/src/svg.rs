@@ -18,6 +18,10 @@ const BOTTOM: f64 = 70.0;
 const LATENCY_MS_MIN: f64 = 0.1;
 const LATENCY_MS_MAX_FLOOR: f64 = 1000.0;
 
+/// At most this many successful operations are drawn; beyond it they are
+/// thinned evenly, so a long run's SVG stays a few MB.
+const OK_DOTS_MAX: usize = 60_000;
+
 /// Rows of fault labels, so overlapping windows stay readable.
 const LABEL_ROWS: usize = 4;
 
@@ -146,9 +150,15 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
     );
 
     // The dots, one group per outcome so the file stays small.
+    // Successful operations are thinned to every k-th beyond OK_DOTS_MAX;
+    // failures and unknowns are always all drawn (they are what one looks for).
+    let ok_count = records.iter().filter(|r| matches!(r.event.outcome, Outcome::Ok(_))).count();
+    let ok_every = ok_count.div_ceil(OK_DOTS_MAX).max(1);
     for (name, colour) in [("ok", "#2a9d8f"), ("fail", "#e76f51"), ("unknown", "#7b2cbf")] {
         let _ = writeln!(s, r#"<g fill="{colour}" fill-opacity="0.6">"#);
-        for r in records.iter().filter(|r| outcome_colour(&r.event.outcome) == colour) {
+        let every = if name == "ok" { ok_every } else { 1 };
+        let shown = records.iter().filter(|r| outcome_colour(&r.event.outcome) == colour);
+        for r in shown.step_by(every) {
             let lat = r.event.ret_us.saturating_sub(r.event.call_us) as f64 / 1000.0;
             let _ = writeln!(
                 s,
@@ -163,8 +173,9 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
     // Legend.
     let ly = HEIGHT - 12.0;
     let mut lx = LEFT;
+    let ok_label = if ok_every > 1 { format!("ok (1 in {ok_every} shown)") } else { "ok".into() };
     for (name, colour) in
-        [("ok", "#2a9d8f"), ("fail (not applied)", "#e76f51"), ("unknown", "#7b2cbf")]
+        [(ok_label.as_str(), "#2a9d8f"), ("fail (not applied)", "#e76f51"), ("unknown", "#7b2cbf")]
     {
         let _ = writeln!(
             s,
