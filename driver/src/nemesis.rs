@@ -316,11 +316,12 @@ pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
     let t0 = Instant::now();
     let clients = Clients::spawn(opts, c, t0);
     let mut violations = Vec::new();
+    let mut crashes = Vec::new();
     let mut sched = Scheduler::new(opts, c.size());
-    let ran = sched.run(c, t0, Duration::from_secs(opts.seconds), &mut violations);
+    let ran = sched.run(c, t0, Duration::from_secs(opts.seconds), &mut crashes);
     let mut records = clients.finish();
     let ended = sched.end_all(c, t0).and(ran);
-    let final_reads = ended.and_then(|()| final_phase(c, opts, t0, &mut violations));
+    let final_reads = ended.and_then(|()| final_phase(c, opts, t0, &mut violations, &mut crashes));
     let faults = sched.windows;
     let (finals, final_records) = match final_reads {
         Ok(found) => found,
@@ -332,7 +333,8 @@ pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
     records.extend(final_records);
     let end_us = micros(t0);
     let keys = check_all(&records, &finals, &mut violations);
-    violations.extend(crashes(c));
+    crashes.extend(c.crashed_ids().into_iter().map(|id| Crash::of(c, id, t0)));
+    violations.extend(crash_violations(&crashes));
 
     let ok = records.iter().filter(|r| matches!(r.event.outcome, Outcome::Ok(_))).count();
     let fail = records.iter().filter(|r| r.event.outcome == Outcome::Fail).count();
@@ -527,7 +529,7 @@ impl Scheduler {
         c: &mut Cluster,
         t0: Instant,
         length: Duration,
-        violations: &mut Vec<String>,
+        crashes: &mut Vec<Crash>,
     ) -> Result<(), String> {
         let end = t0 + length;
         let mut next_at = t0 + Duration::from_millis(self.rng.between(GAP_MS_MIN, GAP_MS_MAX));
@@ -541,10 +543,7 @@ impl Scheduler {
             }
             self.check_rejoining(c);
             for id in c.crashed_ids() {
-                violations.push(format!(
-                    "replica {id} crashed during the run; log tail:\n{}",
-                    c.log_tail(id, 30)
-                ));
+                crashes.push(Crash::of(c, id, t0));
                 c.restart(id)?;
             }
             if now >= next_at && now + QUIET_TAIL < end {
@@ -750,10 +749,9 @@ fn final_phase(
     opts: &NemesisOpts,
     t0: Instant,
     violations: &mut Vec<String>,
+    crashes: &mut Vec<Crash>,
 ) -> Result<FinalReads, String> {
-    for id in c.crashed_ids() {
-        violations.push(format!("replica {id} crashed; log tail:\n{}", c.log_tail(id, 30)));
-    }
+    crashes.extend(c.crashed_ids().into_iter().map(|id| Crash::of(c, id, t0)));
     let all: Vec<usize> = c.ids().collect();
     c.note("nemesis: restarting every replica from its disk");
     c.kill_at_once(&all)?;
@@ -862,11 +860,60 @@ fn check_all(
     reports.len()
 }
 
-/// Replicas that exited on their own, each with its log tail.
-fn crashes(c: &mut Cluster) -> Vec<String> {
-    c.crashed_ids()
+/// How many log lines to search for a crash's panic message.
+const CRASH_LOG_LINES: usize = 200;
+
+/// A replica that exited without the driver killing it.
+struct Crash {
+    /// Which replica.
+    id: usize,
+    /// When the driver noticed, µs since the start.
+    at_us: u64,
+    /// The panic line and its message (`panicked at FILE:LINE: msg`), or the
+    /// last log line when there was no panic.
+    cause: String,
+    /// The end of its log.
+    tail: String,
+}
+
+impl Crash {
+    /// Reads replica `id`'s log for why it exited.
+    fn of(c: &Cluster, id: usize, t0: Instant) -> Crash {
+        let log = c.log_tail(id, CRASH_LOG_LINES);
+        let lines: Vec<&str> = log.lines().collect();
+        let cause = match lines.iter().rposition(|l| l.contains("panicked at")) {
+            Some(i) => {
+                let at = lines[i].split("panicked at").nth(1).unwrap_or("").trim();
+                let msg = lines.get(i + 1).map(|m| m.trim()).unwrap_or("");
+                format!("panicked at {at} {msg}")
+            }
+            None => format!("exited; last log line: {}", lines.last().unwrap_or(&"(none)")),
+        };
+        Crash { id, at_us: micros(t0), cause, tail: c.log_tail(id, 25) }
+    }
+}
+
+/// One violation per distinct crash cause: how often, which replicas, when
+/// first, and the first one's log tail.
+fn crash_violations(crashes: &[Crash]) -> Vec<String> {
+    let mut by_cause: BTreeMap<&str, Vec<&Crash>> = BTreeMap::new();
+    for crash in crashes {
+        by_cause.entry(crash.cause.as_str()).or_default().push(crash);
+    }
+    by_cause
         .into_iter()
-        .map(|id| format!("replica {id} crashed; log tail:\n{}", c.log_tail(id, 30)))
+        .map(|(cause, all)| {
+            let ids: BTreeSet<usize> = all.iter().map(|c| c.id).collect();
+            let ids: Vec<usize> = ids.into_iter().collect();
+            format!(
+                "replicas crashed {} time(s) ({}; replicas {}; first at {:.1}s): first one's log tail:\n{}",
+                all.len(),
+                cause,
+                ids_text(&ids),
+                all[0].at_us as f64 / 1e6,
+                all[0].tail
+            )
+        })
         .collect()
 }
 

@@ -6,8 +6,11 @@ use crate::check::Outcome;
 use crate::history::{FaultWindow, Record};
 use std::fmt::Write as _;
 
-/// Canvas size and plot margins, in px.
-const WIDTH: f64 = 1400.0;
+/// Canvas size and plot margins, in px; a long run gets a wider canvas
+/// (`WIDTH_PX_PER_S` per second, up to `WIDTH_MAX`).
+const WIDTH_MIN: f64 = 1400.0;
+const WIDTH_MAX: f64 = 6000.0;
+const WIDTH_PX_PER_S: f64 = 15.0;
 const HEIGHT: f64 = 560.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
@@ -58,7 +61,8 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
         .iter()
         .map(|r| r.event.ret_us.saturating_sub(r.event.call_us) as f64 / 1000.0)
         .fold(LATENCY_MS_MAX_FLOOR, f64::max);
-    let (pw, ph) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
+    let width = (end_ms / 1000.0 * WIDTH_PX_PER_S).clamp(WIDTH_MIN, WIDTH_MAX);
+    let (pw, ph) = (width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
     let x = |ms: f64| LEFT + pw * (ms / end_ms).clamp(0.0, 1.0);
     let (lmin, lmax) = (LATENCY_MS_MIN.log10(), lat_max.log10());
     let y = |lat_ms: f64| {
@@ -68,7 +72,7 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="11">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="sans-serif" font-size="11">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#, esc(title));
@@ -109,7 +113,7 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
     );
     let step_s = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0]
         .into_iter()
-        .find(|st| end_ms / 1000.0 / st <= 15.0)
+        .find(|st| end_ms / 1000.0 / st <= pw / 90.0)
         .unwrap_or(600.0);
     let mut t = 0.0;
     while t * 1000.0 <= end_ms {

@@ -62,6 +62,7 @@ macro_rules! scenario_tests {
 scenario_tests! {
     commit_needs_quorum => "commit-needs-quorum",
     reads_work => "reads-work",
+    reads_under_writes => "reads-under-writes",
     follower_forwards => "follower-forwards",
     leader_failover => "leader-failover",
     leader_steps_down => "leader-steps-down",

@@ -19,6 +19,7 @@ pub mod minority_partition;
 pub mod multi_host;
 pub mod old_leader_fenced;
 pub mod power_cut;
+pub mod reads_under_writes;
 pub mod reads_work;
 pub mod restart_catch_up;
 pub mod wiped_replica_rejoins;
@@ -51,6 +52,12 @@ pub const ALL: &[Scenario] = &[
         name: "reads-work",
         about: "keys written through different replicas read back through every replica; DEL removes",
         run: reads_work::run,
+        requires: None,
+    },
+    Scenario {
+        name: "reads-under-writes",
+        about: "GETs of a key under constant writes answer through every replica (leader fallback) and stay linearizable",
+        run: reads_under_writes::run,
         requires: None,
     },
     Scenario {
