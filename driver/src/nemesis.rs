@@ -320,8 +320,13 @@ pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
     let mut sched = Scheduler::new(opts, c.size());
     let ran = sched.run(c, t0, Duration::from_secs(opts.seconds), &mut crashes);
     let mut records = clients.finish();
-    let ended = sched.end_all(c, t0).and(ran);
-    let final_reads = ended.and_then(|()| final_phase(c, opts, t0, &mut violations, &mut crashes));
+    if let Err(e) = sched.end_all(c, t0).and(ran) {
+        // A fault that would not take effect or could not be undone (say a
+        // restarted replica that never answers): report it, and still try
+        // to recover and check what happened.
+        violations.push(format!("the fault schedule could not be carried out: {e}"));
+    }
+    let final_reads = final_phase(c, opts, t0, &mut violations, &mut crashes);
     let faults = sched.windows;
     let (finals, final_records) = match final_reads {
         Ok(found) => found,
@@ -719,12 +724,18 @@ impl Scheduler {
         });
     }
 
-    /// Ends every active fault (end of the run).
+    /// Ends every active fault (end of the run), all of them even when one
+    /// fails, and heals every link; returns the first error.
     fn end_all(&mut self, c: &mut Cluster, t0: Instant) -> Result<(), String> {
+        let mut first = Ok(());
         while let Some(fault) = self.active.pop() {
-            self.end_fault(c, t0, fault)?;
+            let ended = self.end_fault(c, t0, fault);
+            first = first.and(ended);
         }
-        Ok(())
+        if let Some(proxy) = c.proxy() {
+            proxy.heal_all();
+        }
+        first
     }
 }
 
