@@ -102,6 +102,12 @@ pub struct ClusterOpts {
     pub request_timeout_ms: u64,
     /// `--fsync always` when true, `--fsync never` when false.
     pub fsync: bool,
+}
+
+/// How the replicas are wired and where they run, for
+/// [`Cluster::start_with`]; the default is what [`Cluster::start`] does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
     /// Start the replicas behind a [`Proxy`] (every peer link through it), so
     /// the driver can cut links: see [`Cluster::proxy`].
     pub proxied: bool,
@@ -134,8 +140,6 @@ impl Default for ClusterOpts {
             election_timeout_ms: 500,
             request_timeout_ms: 5000,
             fsync: true,
-            proxied: false,
-            placement: None,
         }
     }
 }
@@ -291,11 +295,13 @@ enum StartError {
 pub struct Cluster {
     /// How it was started.
     opts: ClusterOpts,
+    /// Proxy and placement.
+    layout: Layout,
     /// The temp root holding `data/` and `logs/`.
     root: PathBuf,
     /// Replica `id` is at index `id - 1`.
     replicas: Vec<Replica>,
-    /// The link proxy when `opts.proxied`; dropped after the children.
+    /// The link proxy when `layout.proxied`; dropped after the children.
     proxy: Option<Proxy>,
     /// Dropped after `Drop::drop` has killed the children.
     _permit: Permit,
@@ -305,7 +311,13 @@ impl Cluster {
     /// Starts `opts.replicas` replicas on fresh ports and waits until each
     /// answers STATUS. Retries with new ports (up to 3 attempts) when a
     /// replica exits early saying its address is in use.
-    pub fn start(mut opts: ClusterOpts) -> Result<Cluster, String> {
+    pub fn start(opts: ClusterOpts) -> Result<Cluster, String> {
+        Cluster::start_with(opts, Layout::default())
+    }
+
+    /// [`Cluster::start`] with a [`Layout`]: behind the link proxy, or at
+    /// given addresses through a launcher (fixed ports are not retried).
+    pub fn start_with(mut opts: ClusterOpts, layout: Layout) -> Result<Cluster, String> {
         if opts.replicas == 0 {
             return Err("a cluster needs at least one replica".into());
         }
@@ -315,7 +327,7 @@ impl Cluster {
         let permit = Permit::acquire();
         let root = make_root()?;
         let mut cluster =
-            Cluster { opts, root, replicas: Vec::new(), proxy: None, _permit: permit };
+            Cluster { opts, layout, root, replicas: Vec::new(), proxy: None, _permit: permit };
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS_MAX {
             match cluster.start_attempt(attempt) {
@@ -332,7 +344,7 @@ impl Cluster {
 
     /// One try: fresh ports, empty data dirs, spawn all, wait for all.
     fn start_attempt(&mut self, attempt: usize) -> Result<(), StartError> {
-        let (hosts, ports) = match &self.opts.placement {
+        let (hosts, ports) = match &self.layout.placement {
             Some(p) if p.len() == self.opts.replicas => {
                 (p.iter().map(|p| p.host.clone()).collect(), p.iter().map(|p| p.port).collect())
             }
@@ -367,7 +379,7 @@ impl Cluster {
             });
         }
         self.proxy = None;
-        if self.opts.proxied {
+        if self.layout.proxied {
             let targets: Vec<String> = self.replicas.iter().map(|r| r.addr.clone()).collect();
             self.proxy = Some(Proxy::start(&targets).map_err(StartError::Other)?);
         }
@@ -388,7 +400,7 @@ impl Cluster {
     fn spawn(&mut self, id: usize, note: &str) -> Result<u64, String> {
         let args = self.args(id);
         let opts_binary = self.opts.binary.clone();
-        let launcher = self.opts.placement.as_ref().map(|p| p[id - 1].launcher.clone());
+        let launcher = self.layout.placement.as_ref().map(|p| p[id - 1].launcher.clone());
         let r = &mut self.replicas[id - 1];
         let mut log = OpenOptions::new()
             .create(true)
@@ -496,7 +508,7 @@ impl Cluster {
         &self.opts
     }
 
-    /// The link proxy, when the cluster was started with `proxied`.
+    /// The link proxy, when the cluster was started with [`Layout::proxied`].
     pub fn proxy(&self) -> Option<&Proxy> {
         self.proxy.as_ref()
     }

@@ -36,7 +36,7 @@
 
 use crate::check::{self, Op, Outcome, Ret};
 use crate::client::Client;
-use crate::cluster::{Cluster, ClusterOpts};
+use crate::cluster::{Cluster, ClusterOpts, Layout};
 use crate::history::{self, FaultWindow, Record};
 use crate::scenarios::{put_retry, wait_converged};
 use std::collections::{BTreeMap, BTreeSet};
@@ -306,7 +306,8 @@ fn micros(start: Instant) -> u64 {
 pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
     let started = Instant::now();
     let proxied = opts.faults.contains(&FaultKind::Partition);
-    let mut cluster = Cluster::start(ClusterOpts { proxied, ..opts.cluster.clone() })?;
+    let layout = Layout { proxied, ..Layout::default() };
+    let mut cluster = Cluster::start_with(opts.cluster.clone(), layout)?;
     let c = &mut cluster;
     c.wait_for_leader(c.opts().settle_deadline())?;
     if let Some(proxy) = c.proxy() {

@@ -15,15 +15,15 @@
 //! its commit index, and every acknowledged write reads back through every
 //! replica.
 
-use super::with_cluster;
+use super::with_cluster_in;
 use super::{check_acked, ensure, get_through, poll_until, put_ok, wait_converged, wait_not_live};
-use crate::cluster::{Cluster, ClusterOpts};
+use crate::cluster::{Cluster, ClusterOpts, Layout};
 use std::time::Instant;
 
 /// Runs the scenario.
 pub fn run(opts: &ClusterOpts) -> Result<(), String> {
-    let opts = &ClusterOpts { proxied: true, ..opts.clone() };
-    with_cluster(opts, |c| {
+    let layout = Layout { proxied: true, ..Layout::default() };
+    with_cluster_in(opts, layout, |c| {
         let all: Vec<usize> = c.ids().collect();
         c.wait_for_leader(opts.settle_deadline())?;
         proxy(c)?.wait_all_carrying(opts.settle_deadline())?;

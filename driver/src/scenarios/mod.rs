@@ -6,7 +6,7 @@
 //! and other quorums.
 
 use crate::client::Client;
-use crate::cluster::{Cluster, ClusterOpts};
+use crate::cluster::{Cluster, ClusterOpts, Layout};
 use std::time::{Duration, Instant};
 
 pub mod commit_needs_quorum;
@@ -149,7 +149,16 @@ pub fn with_cluster(
     opts: &ClusterOpts,
     body: impl FnOnce(&mut Cluster) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut cluster = Cluster::start(opts.clone())?;
+    with_cluster_in(opts, Layout::default(), body)
+}
+
+/// [`with_cluster`] with a [`Layout`] (link proxy, placement).
+pub fn with_cluster_in(
+    opts: &ClusterOpts,
+    layout: Layout,
+    body: impl FnOnce(&mut Cluster) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut cluster = Cluster::start_with(opts.clone(), layout)?;
     body(&mut cluster)
         .and_then(|()| cluster.check_alive())
         .map_err(|e| format!("{e}\n{}", cluster.logs_summary(20)))

@@ -11,9 +11,9 @@
 //! refuses writes. After the routes are removed all replicas agree on one
 //! leader, converge, and every acknowledged write reads back everywhere.
 
-use super::with_cluster;
+use super::with_cluster_in;
 use super::{check_acked, ensure, get_through, poll_until, put_ok, wait_converged, wait_not_live};
-use crate::cluster::ClusterOpts;
+use crate::cluster::{ClusterOpts, Layout};
 use crate::netns::Hosts;
 use std::time::Instant;
 
@@ -28,9 +28,9 @@ pub fn requires() -> Result<(), String> {
 /// Runs the scenario.
 pub fn run(opts: &ClusterOpts) -> Result<(), String> {
     let mut hosts = Hosts::create(3)?;
-    let opts =
-        &ClusterOpts { replicas: 3, placement: Some(hosts.placements(PORT)), ..opts.clone() };
-    with_cluster(opts, |c| {
+    let opts = &ClusterOpts { replicas: 3, ..opts.clone() };
+    let layout = Layout { placement: Some(hosts.placements(PORT)), ..Layout::default() };
+    with_cluster_in(opts, layout, |c| {
         let all: Vec<usize> = c.ids().collect();
         let (leader, epoch) = c.wait_for_leader(opts.settle_deadline())?;
         let mut acked = Vec::new();
