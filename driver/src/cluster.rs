@@ -51,6 +51,9 @@ const CLUSTERS_ALIVE_MAX: usize = 2;
 /// Log lines per replica printed when a test panics or a scenario fails.
 const LOG_TAIL_LINES: usize = 25;
 
+/// Log lines searched for a crashed replica's panic message.
+const EXIT_CAUSE_LOG_LINES: usize = 200;
+
 /// Set `QKV_KEEP=1` to keep the temp root (data and logs) after the cluster drops.
 const KEEP_ENV: &str = "QKV_KEEP";
 
@@ -763,6 +766,21 @@ impl Cluster {
         let text = read_log_from(&self.replica(id).log_path, 0);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Why replica `id` exited, read from its log: its panic's location and
+    /// message (`panicked at FILE:LINE:COL: msg`), else its last log line.
+    pub fn exit_cause(&self, id: usize) -> String {
+        let log = self.log_tail(id, EXIT_CAUSE_LOG_LINES);
+        let lines: Vec<&str> = log.lines().collect();
+        match lines.iter().rposition(|l| l.contains("panicked at")) {
+            Some(i) => {
+                let at = lines[i].split("panicked at").nth(1).unwrap_or("").trim();
+                let msg = lines.get(i + 1).map(|m| m.trim()).unwrap_or("");
+                format!("panicked at {at} {msg}")
+            }
+            None => format!("exited; last log line: {}", lines.last().unwrap_or(&"(none)")),
+        }
     }
 
     /// Every replica's log tail under a header, for failure reports.

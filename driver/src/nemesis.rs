@@ -872,9 +872,6 @@ fn check_all(
     reports.len()
 }
 
-/// How many log lines to search for a crash's panic message.
-const CRASH_LOG_LINES: usize = 200;
-
 /// A replica that exited without the driver killing it.
 struct Crash {
     /// Which replica.
@@ -891,17 +888,7 @@ struct Crash {
 impl Crash {
     /// Reads replica `id`'s log for why it exited.
     fn of(c: &Cluster, id: usize, t0: Instant) -> Crash {
-        let log = c.log_tail(id, CRASH_LOG_LINES);
-        let lines: Vec<&str> = log.lines().collect();
-        let cause = match lines.iter().rposition(|l| l.contains("panicked at")) {
-            Some(i) => {
-                let at = lines[i].split("panicked at").nth(1).unwrap_or("").trim();
-                let msg = lines.get(i + 1).map(|m| m.trim()).unwrap_or("");
-                format!("panicked at {at} {msg}")
-            }
-            None => format!("exited; last log line: {}", lines.last().unwrap_or(&"(none)")),
-        };
-        Crash { id, at_us: micros(t0), cause, tail: c.log_tail(id, 25) }
+        Crash { id, at_us: micros(t0), cause: c.exit_cause(id), tail: c.log_tail(id, 25) }
     }
 }
 

@@ -159,9 +159,17 @@ pub fn with_cluster_in(
     body: impl FnOnce(&mut Cluster) -> Result<(), String>,
 ) -> Result<(), String> {
     let mut cluster = Cluster::start_with(opts.clone(), layout)?;
-    body(&mut cluster)
-        .and_then(|()| cluster.check_alive())
-        .map_err(|e| format!("{e}\n{}", cluster.logs_summary(20)))
+    body(&mut cluster).and_then(|()| cluster.check_alive()).map_err(|e| {
+        // A replica that crashed is the likely cause: say so up front.
+        let crashed: Vec<String> = cluster
+            .crashed_ids()
+            .into_iter()
+            .map(|id| format!("replica {id} crashed: {}", cluster.exit_cause(id)))
+            .collect();
+        let cause =
+            if crashed.is_empty() { String::new() } else { format!("{}; ", crashed.join("; ")) };
+        format!("{cause}{e}\n{}", cluster.logs_summary(20))
+    })
 }
 
 /// Kills replica `id` and checks the fault took effect: the process is gone
