@@ -376,6 +376,85 @@ struct Model {
     classes: usize,
 }
 
+/// What successful operations observed, for the unknown-outcome reductions.
+struct Sightings {
+    /// Per state: the earliest return of an operation that observed it.
+    first_seen: Vec<u64>,
+    /// The latest return of an operation that observed absence.
+    absent_until: u64,
+    /// Per version no known write owns: the earliest return naming it.
+    unresolved: BTreeMap<u64, u64>,
+}
+
+impl Sightings {
+    /// Collects every observation in `events`, including those of unknown
+    /// CASes that must have succeeded (their value was observed).
+    fn gather(
+        events: &[&Event],
+        state_of: &BTreeMap<&str, State>,
+        observed: &[Option<State>],
+        owner: &BTreeMap<u64, State>,
+        states: usize,
+    ) -> Sightings {
+        let mut seen = Sightings {
+            first_seen: vec![u64::MAX; states],
+            absent_until: 0,
+            unresolved: BTreeMap::new(),
+        };
+        for (i, e) in events.iter().enumerate() {
+            let version_seen = match (&e.op, &e.outcome) {
+                (Op::Cas { expected, .. }, Outcome::Ok(Ret::Written(_))) => Some(*expected),
+                (Op::Cas { .. }, Outcome::Ok(Ret::Conflict(current))) => Some(*current),
+                _ => None,
+            };
+            seen.see(owner, observed[i], version_seen, e.ret_us);
+        }
+        // A CAS with an unknown outcome whose value was observed succeeded,
+        // so it observed its expected version too; that may reveal more.
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for e in events.iter().filter(|e| e.outcome == Outcome::Unknown) {
+                if let Op::Cas { expected, value } = &e.op {
+                    let first = seen.first_seen[state_of[value.as_str()] as usize];
+                    if first != u64::MAX {
+                        changed |= seen.see(owner, None, Some(*expected), first.max(e.call_us));
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// Records that an operation returning at `ret_us` saw `state` (or, if
+    /// unknown, the state owning `version`). True if a state's earliest
+    /// sighting moved earlier.
+    fn see(
+        &mut self,
+        owner: &BTreeMap<u64, State>,
+        state: Option<State>,
+        version: Option<u64>,
+        ret_us: u64,
+    ) -> bool {
+        let by_version =
+            version.and_then(|v| if v == 0 { Some(0) } else { owner.get(&v).copied() });
+        match (state.or(by_version), version) {
+            (Some(0), _) => self.absent_until = self.absent_until.max(ret_us),
+            (Some(s), _) if ret_us < self.first_seen[s as usize] => {
+                self.first_seen[s as usize] = ret_us;
+                return true;
+            }
+            (Some(_), _) => {}
+            (None, Some(v)) => {
+                let first = self.unresolved.entry(v).or_insert(u64::MAX);
+                *first = (*first).min(ret_us);
+            }
+            (None, None) => {}
+        }
+        false
+    }
+}
+
 impl Model {
     /// Prepares `events` for the search: resolves observed values to writes,
     /// learns versions, applies the unknown-outcome reductions. Returns the
@@ -477,61 +556,8 @@ impl Model {
         observed: &[Option<State>],
         owner: &BTreeMap<u64, State>,
     ) -> Result<(), Verdict> {
-        // Earliest return of a successful operation observing each state, of
-        // one observing absence (latest), and of one naming each version no
-        // known write owns (earliest).
-        let mut first_seen: Vec<u64> = vec![u64::MAX; self.versions.len()];
-        let mut absent_until = 0u64;
-        let mut unresolved: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut see = |state_seen: Option<State>,
-                       version_seen: Option<u64>,
-                       ret_us: u64,
-                       first_seen: &mut Vec<u64>| {
-            let state_seen = state_seen.or(version_seen.and_then(|v| {
-                if v == 0 {
-                    Some(0)
-                } else {
-                    owner.get(&v).copied()
-                }
-            }));
-            match (state_seen, version_seen) {
-                (Some(0), _) => absent_until = absent_until.max(ret_us),
-                (Some(s), _) => {
-                    if ret_us < first_seen[s as usize] {
-                        first_seen[s as usize] = ret_us;
-                        return true;
-                    }
-                }
-                (None, Some(v)) => {
-                    let first = unresolved.entry(v).or_insert(u64::MAX);
-                    *first = (*first).min(ret_us);
-                }
-                (None, None) => {}
-            }
-            false
-        };
-        for (i, e) in events.iter().enumerate() {
-            let version_seen = match (&e.op, &e.outcome) {
-                (Op::Cas { expected, .. }, Outcome::Ok(Ret::Written(_))) => Some(*expected),
-                (Op::Cas { .. }, Outcome::Ok(Ret::Conflict(current))) => Some(*current),
-                _ => None,
-            };
-            see(observed[i], version_seen, e.ret_us, &mut first_seen);
-        }
-        // A CAS with an unknown outcome whose value was observed succeeded,
-        // so it observed its expected version too; that may reveal more.
-        let mut changed = true;
-        while changed {
-            changed = false;
-            for e in events.iter().filter(|e| e.outcome == Outcome::Unknown) {
-                if let Op::Cas { expected, value } = &e.op {
-                    let seen = first_seen[state_of[value.as_str()] as usize];
-                    if seen != u64::MAX {
-                        changed |= see(None, Some(*expected), seen.max(e.call_us), &mut first_seen);
-                    }
-                }
-            }
-        }
+        let seen = Sightings::gather(events, state_of, observed, owner, self.versions.len());
+        let (first_seen, absent_until) = (&seen.first_seen, seen.absent_until);
         let unknown_del_class = events.len();
         self.classes = events.len() + 1;
         let mut unseen_writes_called: Vec<u64> = Vec::new();
@@ -589,13 +615,23 @@ impl Model {
             };
             self.ops.extend(placed);
         }
+        self.place_anonymous(&seen.unresolved, &unseen_writes_called)
+    }
+
+    /// Stand-ins for unobserved writes that own a version nobody else does
+    /// (see the module docs).
+    fn place_anonymous(
+        &mut self,
+        unresolved: &BTreeMap<u64, u64>,
+        unseen_writes_called: &[u64],
+    ) -> Result<(), Verdict> {
         // A version no known write owns belongs to a write whose version was
         // never seen. If that write was observed, it is placed above (and
         // matches the version "maybe"). Otherwise it is one of the unobserved
         // unknown writes: stand in for it with an anonymous write of that
         // version, called with the earliest of them, needed before the version
         // was first seen, and optional (the observed writes may explain it).
-        for (version, seen_us) in unresolved {
+        for (&version, &seen_us) in unresolved {
             // Versions grow along the linearization (they are log indices), so
             // the owner comes after every write of a lower known version and
             // before every write of a higher one.

@@ -54,87 +54,122 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// The plot area and its scales.
+struct Frame {
+    /// The run's length, in ms (the x axis spans 0..end_ms).
+    end_ms: f64,
+    /// The latency axis spans LATENCY_MS_MIN..lat_max_ms (log scale).
+    lat_max_ms: f64,
+    /// Canvas width, in px.
+    width: f64,
+    /// Plot width and height, in px.
+    pw: f64,
+    ph: f64,
+}
+
+impl Frame {
+    fn new(records: &[Record], end_us: u64) -> Frame {
+        let end_ms = (end_us as f64 / 1000.0).max(1.0);
+        let lat_max_ms = records.iter().map(latency_ms).fold(LATENCY_MS_MAX_FLOOR, f64::max);
+        let width = (end_ms / 1000.0 * WIDTH_PX_PER_S).clamp(WIDTH_MIN, WIDTH_MAX);
+        Frame { end_ms, lat_max_ms, width, pw: width - LEFT - RIGHT, ph: HEIGHT - TOP - BOTTOM }
+    }
+
+    /// x of a time in ms.
+    fn x(&self, ms: f64) -> f64 {
+        LEFT + self.pw * (ms / self.end_ms).clamp(0.0, 1.0)
+    }
+
+    /// y of a latency in ms.
+    fn y(&self, lat_ms: f64) -> f64 {
+        let (lo, hi) = (LATENCY_MS_MIN.log10(), self.lat_max_ms.log10());
+        let l = lat_ms.max(LATENCY_MS_MIN).log10();
+        TOP + self.ph * (1.0 - (l - lo) / (hi - lo))
+    }
+}
+
+/// An operation's latency in ms (for an unknown outcome: until the client
+/// gave up).
+fn latency_ms(r: &Record) -> f64 {
+    r.event.ret_us.saturating_sub(r.event.call_us) as f64 / 1000.0
+}
+
 /// Renders the plot. `title` heads it; `end_us` is the run's length.
 pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u64) -> String {
-    let end_ms = (end_us as f64 / 1000.0).max(1.0);
-    let lat_max = records
-        .iter()
-        .map(|r| r.event.ret_us.saturating_sub(r.event.call_us) as f64 / 1000.0)
-        .fold(LATENCY_MS_MAX_FLOOR, f64::max);
-    let width = (end_ms / 1000.0 * WIDTH_PX_PER_S).clamp(WIDTH_MIN, WIDTH_MAX);
-    let (pw, ph) = (width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
-    let x = |ms: f64| LEFT + pw * (ms / end_ms).clamp(0.0, 1.0);
-    let (lmin, lmax) = (LATENCY_MS_MIN.log10(), lat_max.log10());
-    let y = |lat_ms: f64| {
-        let l = lat_ms.max(LATENCY_MS_MIN).log10();
-        TOP + ph * (1.0 - (l - lmin) / (lmax - lmin))
-    };
+    let f = Frame::new(records, end_us);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" viewBox="0 0 {width} {HEIGHT}" font-family="sans-serif" font-size="11">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{HEIGHT}" viewBox="0 0 {w} {HEIGHT}" font-family="sans-serif" font-size="11">"#,
+        w = f.width
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{LEFT}" y="20" font-size="14">{}</text>"#, esc(title));
+    bands(&mut s, &f, faults, end_us);
+    axes(&mut s, &f);
+    let ok_every = dots(&mut s, &f, records);
+    legend(&mut s, ok_every);
+    s.push_str("</svg>\n");
+    s
+}
 
-    // Fault bands first, under the dots.
-    for (i, f) in faults.iter().enumerate() {
-        let x0 = x(f.start_us as f64 / 1000.0);
-        let x1 = x(f.end_us.unwrap_or(end_us) as f64 / 1000.0).max(x0 + 1.0);
-        let colour = fault_colour(&f.kind);
+/// Fault windows as shaded bands with labels (drawn first, under the dots).
+fn bands(s: &mut String, f: &Frame, faults: &[FaultWindow], end_us: u64) {
+    for (i, w) in faults.iter().enumerate() {
+        let x0 = f.x(w.start_us as f64 / 1000.0);
+        let x1 = f.x(w.end_us.unwrap_or(end_us) as f64 / 1000.0).max(x0 + 1.0);
+        let colour = fault_colour(&w.kind);
         let row = (i % LABEL_ROWS) as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{ph}" fill="{colour}" fill-opacity="0.15"><title>{}</title></rect>"#,
+            r#"<rect x="{x0:.1}" y="{TOP}" width="{:.1}" height="{}" fill="{colour}" fill-opacity="0.15"><title>{}</title></rect>"#,
             x1 - x0,
-            esc(&f.label)
+            f.ph,
+            esc(&w.label)
         );
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"#,
             x0 + 2.0,
             TOP + 12.0 + row * 12.0,
-            esc(&f.label)
+            esc(&w.label)
         );
     }
+}
 
-    // Axes, ticks and grid.
+/// Axes, time ticks (a round step, about one per 90 px) and latency decades.
+fn axes(s: &mut String, f: &Frame) {
+    let (bottom, right) = (TOP + f.ph, LEFT + f.pw);
     let _ = writeln!(
         s,
-        r#"<line x1="{LEFT}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="black"/>"#,
-        TOP + ph,
-        LEFT + pw,
-        TOP + ph
+        r#"<line x1="{LEFT}" y1="{bottom:.1}" x2="{right:.1}" y2="{bottom:.1}" stroke="black"/>"#
     );
     let _ = writeln!(
         s,
-        r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{:.1}" stroke="black"/>"#,
-        TOP + ph
+        r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{bottom:.1}" stroke="black"/>"#
     );
     let step_s = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0]
         .into_iter()
-        .find(|st| end_ms / 1000.0 / st <= pw / 90.0)
+        .find(|st| f.end_ms / 1000.0 / st <= f.pw / 90.0)
         .unwrap_or(600.0);
     let mut t = 0.0;
-    while t * 1000.0 <= end_ms {
-        let xt = x(t * 1000.0);
+    while t * 1000.0 <= f.end_ms {
+        let xt = f.x(t * 1000.0);
         let _ = writeln!(
             s,
-            r#"<line x1="{xt:.1}" y1="{:.1}" x2="{xt:.1}" y2="{:.1}" stroke="black"/><text x="{xt:.1}" y="{:.1}" text-anchor="middle">{t}s</text>"#,
-            TOP + ph,
-            TOP + ph + 5.0,
-            TOP + ph + 18.0
+            r#"<line x1="{xt:.1}" y1="{bottom:.1}" x2="{xt:.1}" y2="{:.1}" stroke="black"/><text x="{xt:.1}" y="{:.1}" text-anchor="middle">{t}s</text>"#,
+            bottom + 5.0,
+            bottom + 18.0
         );
         t += step_s;
     }
     let mut decade = LATENCY_MS_MIN;
-    while decade <= lat_max * 1.0001 {
-        let yt = y(decade);
+    while decade <= f.lat_max_ms * 1.0001 {
+        let yt = f.y(decade);
         let label = if decade < 1.0 { format!("{decade}ms") } else { format!("{decade:.0}ms") };
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" y1="{yt:.1}" x2="{:.1}" y2="{yt:.1}" stroke="#dee2e6"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
-            LEFT + pw,
+            r##"<line x1="{LEFT}" y1="{yt:.1}" x2="{right:.1}" y2="{yt:.1}" stroke="#dee2e6"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
             LEFT - 5.0,
             yt + 4.0
         );
@@ -143,19 +178,21 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
     let _ = writeln!(
         s,
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time since start (call)</text>"#,
-        LEFT + pw / 2.0,
+        LEFT + f.pw / 2.0,
         HEIGHT - 35.0
     );
+    let mid = TOP + f.ph / 2.0;
     let _ = writeln!(
         s,
-        r#"<text x="15" y="{:.1}" transform="rotate(-90 15 {:.1})" text-anchor="middle">latency (log)</text>"#,
-        TOP + ph / 2.0,
-        TOP + ph / 2.0
+        r#"<text x="15" y="{mid:.1}" transform="rotate(-90 15 {mid:.1})" text-anchor="middle">latency (log)</text>"#
     );
+}
 
-    // The dots, one group per outcome so the file stays small.
-    // Successful operations are thinned to every k-th beyond OK_DOTS_MAX;
-    // failures and unknowns are always all drawn (they are what one looks for).
+/// One dot per operation, one group per outcome so the file stays small.
+/// Successful operations are thinned to every k-th beyond OK_DOTS_MAX;
+/// failures and unknowns are always all drawn (they are what one looks
+/// for). Returns k.
+fn dots(s: &mut String, f: &Frame, records: &[Record]) -> usize {
     let ok_count = records.iter().filter(|r| matches!(r.event.outcome, Outcome::Ok(_))).count();
     let ok_every = ok_count.div_ceil(OK_DOTS_MAX).max(1);
     for (name, colour) in [("ok", "#2a9d8f"), ("fail", "#e76f51"), ("unknown", "#7b2cbf")] {
@@ -163,18 +200,16 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
         let every = if name == "ok" { ok_every } else { 1 };
         let shown = records.iter().filter(|r| outcome_colour(&r.event.outcome) == colour);
         for r in shown.step_by(every) {
-            let lat = r.event.ret_us.saturating_sub(r.event.call_us) as f64 / 1000.0;
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="1.6"/>"#,
-                x(r.event.call_us as f64 / 1000.0),
-                y(lat)
-            );
+            let (cx, cy) = (f.x(r.event.call_us as f64 / 1000.0), f.y(latency_ms(r)));
+            let _ = writeln!(s, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="1.6"/>"#);
         }
         let _ = writeln!(s, "</g><!-- {name} -->");
     }
+    ok_every
+}
 
-    // Legend.
+/// Outcome colours and fault kinds, along the bottom.
+fn legend(s: &mut String, ok_every: usize) {
     let ly = HEIGHT - 12.0;
     let mut lx = LEFT;
     let ok_label = if ok_every > 1 { format!("ok (1 in {ok_every} shown)") } else { "ok".into() };
@@ -199,8 +234,6 @@ pub fn render(title: &str, records: &[Record], faults: &[FaultWindow], end_us: u
         );
         lx += 90.0;
     }
-    s.push_str("</svg>\n");
-    s
 }
 
 #[cfg(test)]
