@@ -72,6 +72,11 @@ fn follower_behind_a_snapshot_catches_up_by_snapshot_and_deleted_keys_stay_delet
     });
     let log = std::fs::read_to_string(c.log_path(follower)).unwrap();
     assert!(log.contains("installed snapshot"), "the follower caught up by snapshot");
+    // The leader's STATUS shows the follower's lag going to 0.
+    let lag_zero = format!("{follower}:0");
+    wait_status(&c, leader, "showing lag 0", |s| {
+        s.get("lag").is_some_and(|l| l.split(',').any(|p| p == lag_zero))
+    });
     let theirs = store_of(&c, follower);
     assert_eq!(theirs, store_of(&c, leader), "the caught-up store equals the leader's");
     assert_eq!(theirs.len(), 199, "200 keys, one deleted; 'gone' deleted too");
@@ -188,4 +193,53 @@ fn store_of_quietly(c: &Cluster, id: usize) -> Vec<String> {
     let reply = get(c, id, "new");
     assert!(reply == "NOTFOUND" || reply.starts_with("ERR "), "{reply}");
     Vec::new()
+}
+
+#[test]
+fn a_paused_old_leader_cannot_promote_a_wiped_replica_and_no_write_is_lost() {
+    let mut c = Cluster::start(common::opts(3, &[])).unwrap();
+    let (old, _) = c.wait_for_leader(settle()).unwrap();
+    for i in 0..20 {
+        put(&c, old, &format!("before{i}"), "x");
+    }
+    // Pause the leader; the other two elect a new one.
+    c.stop(old).unwrap();
+    let others: Vec<usize> = c.ids().filter(|id| *id != old).collect();
+    let new = wait_new_leader(&c, &others);
+    for i in 0..20 {
+        put(&c, new, &format!("during{i}"), "y");
+    }
+    // Wipe the other follower while the old leader is still paused: it can
+    // only register with a majority of full members, which needs the old one.
+    let wiped = *others.iter().find(|id| **id != new).unwrap();
+    c.kill(wiped).unwrap();
+    c.wipe(wiped).unwrap();
+    c.restart(wiped).unwrap();
+    wait_status(&c, wiped, "a learner", |s| s.role() == "learner");
+    // Resume the old leader: its epoch is behind, so it cannot be the leader
+    // whose heartbeat promotes the learner; the new leader's can.
+    c.cont(old).unwrap();
+    wait_status(&c, wiped, "promoted", |s| s.role() == "follower" || s.role() == "leader");
+    let (leader, _) = c.wait_for_leader(settle()).unwrap();
+    put(&c, leader, "after", "z");
+    let reference = store_of(&c, leader);
+    assert_eq!(reference.len(), 41, "every acknowledged write, once");
+    for id in c.ids() {
+        assert_eq!(store_of(&c, id), reference, "replica {id} holds the same committed store");
+    }
+}
+
+/// Waits until one of `among` reports itself leader, and every one of them names it.
+fn wait_new_leader(c: &Cluster, among: &[usize]) -> usize {
+    let deadline = settle();
+    loop {
+        let statuses: Vec<_> = among.iter().filter_map(|id| c.status(*id).ok()).collect();
+        if let Some(l) = statuses.iter().find(|s| s.role() == "leader").map(|s| s.id()) {
+            if statuses.len() == among.len() && statuses.iter().all(|s| s.leader() == Some(l)) {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader among {among:?}: {statuses:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
