@@ -91,10 +91,13 @@ pub enum PeerMsg {
     /// `boot` echoes the forward's: a restarted follower numbers its forwards
     /// from 1 again and must not take an answer meant for its previous process.
     ForwardReply { req: ReqId, boot: u64, reply: Reply },
-    /// Read quorum: "what do you hold for `key`?"
-    ReadReq { read: u64, key: String },
+    /// Read quorum: "what do you hold for `key`?" `boot` is the asker's, as
+    /// in Forward: read ids restart at 1 in every process.
+    ReadReq { read: u64, boot: u64, key: String },
     /// Read quorum answer; `None` from a learner (its answer does not count).
-    ReadResp { read: u64, answer: Option<ReadAnswer> },
+    /// `boot` echoes the request's, so a restarted replica never takes an
+    /// answer to its previous process's read (another key) for its own.
+    ReadResp { read: u64, boot: u64, answer: Option<ReadAnswer> },
     /// Catch-up: "send me committed entries from `from` on".
     FetchReq { from: LogIndex },
     /// Committed entries in order from the requested index, and the sender's

@@ -540,8 +540,10 @@ impl Replica {
             PeerMsg::ForwardReply { req, boot, reply } => {
                 self.on_forward_reply(req, boot, reply, out)
             }
-            PeerMsg::ReadReq { read, key } => self.on_read_req(from, read, key, out),
-            PeerMsg::ReadResp { read, answer } => self.on_read_resp(now, from, read, answer, out),
+            PeerMsg::ReadReq { read, boot, key } => self.on_read_req(from, read, boot, key, out),
+            PeerMsg::ReadResp { read, boot, answer } => {
+                self.on_read_resp(now, from, read, boot, answer, out)
+            }
             PeerMsg::FetchReq { from: index } => self.on_fetch_req(now, from, index, out),
             PeerMsg::FetchResp { entries, commit } => {
                 self.on_fetch_resp(now, from, entries, commit, out)

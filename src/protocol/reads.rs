@@ -90,7 +90,7 @@ impl Replica {
         read.round_deadline = now.plus(round_ms);
         let key = read.key.clone();
         let remote: Vec<ReplicaId> = asked.into_iter().filter(|r| *r != self.cfg.id).collect();
-        self.send(remote, PeerMsg::ReadReq { read: id, key: key.clone() }, out);
+        self.send(remote, PeerMsg::ReadReq { read: id, boot: self.boot, key: key.clone() }, out);
         if local {
             let answer = self.local_answer(&key);
             let me = self.cfg.id;
@@ -110,11 +110,12 @@ impl Replica {
         &mut self,
         from: ReplicaId,
         read: u64,
+        boot: u64,
         key: String,
         out: &mut Vec<Output>,
     ) {
         let answer = (!self.learner).then(|| self.local_answer(&key));
-        self.send(vec![from], PeerMsg::ReadResp { read, answer }, out);
+        self.send(vec![from], PeerMsg::ReadResp { read, boot, answer }, out);
     }
 
     pub(super) fn on_read_resp(
@@ -122,9 +123,15 @@ impl Replica {
         now: Millis,
         from: ReplicaId,
         read: u64,
+        boot: u64,
         answer: Option<ReadAnswer>,
         out: &mut Vec<Output>,
     ) {
+        if boot != self.boot {
+            // An answer to a read of our previous process.
+            self.stats.dropped_messages += 1;
+            return;
+        }
         match answer {
             Some(answer) => self.on_read_answer(now, from, read, answer, out),
             // A learner's answer does not count: the round fails at its deadline.

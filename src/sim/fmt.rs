@@ -85,8 +85,8 @@ pub fn msg(m: &PeerMsg) -> String {
         PeerMsg::ForwardReply { req, reply, .. } => {
             format!("forward_reply #{} {}", req.0, self::reply(reply))
         }
-        PeerMsg::ReadReq { read, key } => format!("read_req #{read} {key}"),
-        PeerMsg::ReadResp { read, answer } => match answer {
+        PeerMsg::ReadReq { read, key, .. } => format!("read_req #{read} {key}"),
+        PeerMsg::ReadResp { read, answer, .. } => match answer {
             Some(a) => format!(
                 "read_resp #{read} v={} {}{}",
                 a.version,
