@@ -585,7 +585,9 @@ impl Scheduler {
         let until =
             Instant::now() + Duration::from_millis(self.rng.between(WINDOW_MS_MIN, WINDOW_MS_MAX));
         let start_us = micros(t0);
-        let (label, cuts) = self.inject(c, kind, &targets)?;
+        let Some((targets, label, cuts)) = self.inject(c, kind, &targets)? else {
+            return Ok(()); // Every target had crashed meanwhile.
+        };
         c.note(&format!("nemesis: {label}"));
         self.windows.push(FaultWindow {
             kind: kind.name().to_string(),
@@ -619,18 +621,19 @@ impl Scheduler {
         targets
     }
 
-    /// Applies a fault and checks it took effect; returns its label and the
-    /// proxy links it cut.
+    /// Applies a fault and checks it took effect; returns the targets it
+    /// hit, its label and the proxy links it cut, or `None` if every target
+    /// had crashed on its own meanwhile (the run loop reports and restarts
+    /// those).
     fn inject(
         &mut self,
         c: &mut Cluster,
         kind: FaultKind,
         targets: &[usize],
-    ) -> Result<(String, Vec<(usize, usize)>), String> {
-        let names = ids_text(targets);
+    ) -> Result<Option<Injected>, String> {
         match kind {
             FaultKind::Kill | FaultKind::Restart | FaultKind::Wipe => {
-                for &id in targets {
+                let hit = each_running(c, targets, |c, id| {
                     c.kill(id)?;
                     if Client::connect(&c.addr(id), Duration::from_secs(1)).is_ok() {
                         return Err(format!("replica {id}'s port still accepts after kill -9"));
@@ -638,19 +641,20 @@ impl Scheduler {
                     if kind == FaultKind::Wipe {
                         c.wipe(id)?;
                     }
-                }
+                    Ok(())
+                })?;
                 if kind == FaultKind::Restart {
-                    for &id in targets {
+                    for &id in &hit {
                         c.restart(id)?;
                     }
                 }
-                Ok((format!("{} {names}", kind.name()), Vec::new()))
+                let label = format!("{} {}", kind.name(), ids_text(&hit));
+                Ok((!hit.is_empty()).then_some((hit, label, Vec::new())))
             }
             FaultKind::Stop => {
-                for &id in targets {
-                    c.stop(id)?;
-                }
-                Ok((format!("stop {names}"), Vec::new()))
+                let hit = each_running(c, targets, |c, id| c.stop(id))?;
+                let label = format!("stop {}", ids_text(&hit));
+                Ok((!hit.is_empty()).then_some((hit, label, Vec::new())))
             }
             FaultKind::Partition => {
                 let others: Vec<usize> = c.ids().filter(|id| !targets.contains(id)).collect();
@@ -671,8 +675,8 @@ impl Scheduler {
                         proxy.cut(from, to)?;
                     }
                 }
-                let label = format!("partition {names}{arrow}{}", ids_text(&others));
-                Ok((label, links))
+                let label = format!("partition {}{arrow}{}", ids_text(targets), ids_text(&others));
+                Ok(Some((targets.to_vec(), label, links)))
             }
         }
     }
@@ -738,6 +742,28 @@ impl Scheduler {
         }
         first
     }
+}
+
+/// What [`Scheduler::inject`] did: the targets hit, the label, the links cut.
+type Injected = (Vec<usize>, String, Vec<(usize, usize)>);
+
+/// Applies `step` to each target; a target whose step fails because it had
+/// crashed on its own is left out (the run loop reports and restarts it).
+/// Returns the targets hit.
+fn each_running(
+    c: &mut Cluster,
+    targets: &[usize],
+    mut step: impl FnMut(&mut Cluster, usize) -> Result<(), String>,
+) -> Result<Vec<usize>, String> {
+    let mut hit = Vec::new();
+    for &id in targets {
+        match step(c, id) {
+            Ok(()) => hit.push(id),
+            Err(_) if c.crashed_ids().contains(&id) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hit)
 }
 
 /// Every (from, to) with `from` in `a` and `to` in `b`.

@@ -24,6 +24,10 @@ pub mod reads_work;
 pub mod restart_catch_up;
 pub mod wiped_replica_rejoins;
 
+/// How long a failed scenario waits for a crashing replica to exit, so the
+/// failure can name the crash.
+const CRASH_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// A scenario's body: runs it against a cluster started from these options.
 pub type RunFn = fn(&ClusterOpts) -> Result<(), String>;
 
@@ -160,7 +164,13 @@ pub fn with_cluster_in(
 ) -> Result<(), String> {
     let mut cluster = Cluster::start_with(opts.clone(), layout)?;
     body(&mut cluster).and_then(|()| cluster.check_alive()).map_err(|e| {
-        // A replica that crashed is the likely cause: say so up front.
+        // A replica that crashed is the likely cause: say so up front. A
+        // panicking replica closes its connections while it still prints
+        // its backtrace, so give it a moment to exit.
+        let deadline = Instant::now() + CRASH_EXIT_WAIT;
+        while cluster.crashed_ids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let crashed: Vec<String> = cluster
             .crashed_ids()
             .into_iter()
@@ -190,9 +200,30 @@ pub fn stop_and_check(c: &mut Cluster, id: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// PUT through replica `via`; it must answer `OK <version>`.
+/// PUT through replica `via`; it must answer `OK <version>`. A definite
+/// refusal (`ERR NOQUORUM`, `ERR NOLEADER`: applied nowhere) is retried for
+/// a few election timeouts, since a leader just elected by a majority may
+/// not have heard from NW replicas at its epoch yet; any other answer, or a
+/// refusal that lasts, fails.
 pub fn put_ok(c: &Cluster, via: usize, key: &str, value: &str) -> Result<u64, String> {
-    c.client(via)?.put(key, value).map_err(|e| format!("PUT {key} via {via}: {e}"))
+    let deadline = Instant::now() + c.opts().election_timeout() * REFUSAL_RETRY_ELECTION_TIMEOUTS;
+    loop {
+        match c.client(via)?.put(key, value) {
+            Ok(version) => return Ok(version),
+            Err(e) if is_refusal(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("PUT {key} via {via}: {e}")),
+        }
+    }
+}
+
+/// How many election timeouts [`put_ok`] retries a definite refusal.
+const REFUSAL_RETRY_ELECTION_TIMEOUTS: u32 = 4;
+
+/// Whether a reply is a definite refusal: the write was applied nowhere.
+fn is_refusal(reply: &str) -> bool {
+    reply.starts_with("ERR NOQUORUM") || reply.starts_with("ERR NOLEADER")
 }
 
 /// GET `key` through each of `ids`; each must answer `expected`
