@@ -12,20 +12,29 @@
 //! request to a [`ReqId`] and routes the protocol's reply back to the
 //! connection, tagged with the connection's sequence number so the writer
 //! answers in request order.
+//!
+//! The loop also keeps the [`Metrics`] behind `METRICS`: each pending request
+//! remembers its command and when the loop received it, so its latency runs
+//! to the moment the reply is handed to the connection; each sync the disk
+//! thread reports is recorded with its duration and the accepted entries it
+//! made durable.
 
 use crate::client::{ClientError, Reply, Request};
 use crate::config::Config;
 use crate::disk::{self, DiskClient};
 use crate::exec::{Executor, Network};
+use crate::metrics::{CommandKind, Metrics, Readings};
+use crate::protocol::durable::Persist;
 use crate::protocol::message::Envelope;
 use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
 use crate::storage::wal::DiskStorage;
-use crate::storage::Storage;
-use crate::transport::{self, ConnId, Event, PeerSenders, TransportConfig};
+use crate::storage::{FsyncPolicy, Storage};
+use crate::transport::{self, ClusterKey, ConnId, Event, PeerSenders, TransportConfig};
+use crate::transport::{TransportStats, CLUSTER_KEY_BYTES_MIN};
 use crate::{qlog, wire};
 use crossbeam_channel::{select, Sender};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,10 +74,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
         started.elapsed().as_millis()
     );
     let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
+    let cluster_key = cfg.cluster_key_file.as_deref().map(load_cluster_key).transpose()?;
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
     let events_tx_for_signals = events_tx.clone();
     let events_tx_for_disk = events_tx.clone();
-    let tcfg = transport_config(&cfg, cluster_id.clone());
+    let tcfg = transport_config(&cfg, cluster_id.clone(), cluster_key);
     let listen = tcfg.listen.clone();
     let peers =
         transport::start(tcfg, events_tx).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -78,7 +88,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg.write_quorum,
         cfg.read_quorum
     );
-    let mut net = ServerNet { peers, clients: BTreeMap::new(), pending: BTreeMap::new() };
+    let mut net = ServerNet {
+        peers,
+        clients: BTreeMap::new(),
+        pending: BTreeMap::new(),
+        metrics: Metrics::default(),
+    };
     let clock = Instant::now();
     let mut replica = replica;
     let mut storage = storage;
@@ -98,8 +113,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         out: Vec::new(),
         shutdown_deadline: None,
         fatal: None,
-        fsyncs: 0,
-        fsync_us_total: 0,
+        fsync: cfg.fsync,
+        unsynced_entries: VecDeque::new(),
+        started,
     };
     watch_signals(events_tx_for_signals)?;
     let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
@@ -107,19 +123,25 @@ pub fn run(cfg: Config) -> Result<(), String> {
     event_loop.finish_batch()?;
     let mut last_tick = Instant::now();
     loop {
+        let mut events = 0u64;
         select! {
             recv(events_rx) -> event => {
                 let event = event.expect("transport threads hold the events sender for the process lifetime");
                 event_loop.handle(event);
+                events += 1;
             }
             recv(ticker) -> _ => {}
         }
         for _ in 1..EVENTS_BATCH_MAX {
             match events_rx.try_recv() {
-                Ok(event) => event_loop.handle(event),
+                Ok(event) => {
+                    event_loop.handle(event);
+                    events += 1;
+                }
                 Err(_) => break,
             }
         }
+        event_loop.net.metrics.record_turn(events);
         // Timers run after the queued events: a replica that was starved of
         // CPU sees the heartbeats and acks waiting for it before it decides
         // that its leader (or its quorum) went silent.
@@ -171,7 +193,38 @@ fn watch_signals(events_tx: Sender<Event>) -> Result<(), String> {
     Ok(())
 }
 
-fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig {
+/// Reads `--cluster-key-file` (config checked it exists and is not empty)
+/// and logs that peers must prove the key, never the key itself.
+fn load_cluster_key(path: &std::path::Path) -> Result<ClusterKey, String> {
+    let key = ClusterKey::from_file(path)
+        .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?;
+    qlog!(
+        "cluster key loaded from {} ({} bytes): peers must prove it in the handshake",
+        path.display(),
+        key.len()
+    );
+    if key.len() < CLUSTER_KEY_BYTES_MIN {
+        qlog!(
+            "warning: the cluster key has {} bytes; use at least {CLUSTER_KEY_BYTES_MIN} random bytes \
+             (e.g. openssl rand -hex 32)",
+            key.len()
+        );
+    }
+    Ok(key)
+}
+
+fn transport_config(
+    cfg: &Config,
+    cluster_id: Arc<AtomicU64>,
+    cluster_key: Option<ClusterKey>,
+) -> TransportConfig {
+    let mut dial = BTreeMap::new();
+    for (i, addr) in cfg.peers.iter().enumerate() {
+        let id = ReplicaId(i as u8 + 1);
+        if id != cfg.id {
+            dial.insert(id, cfg.peer_dial.get(&id).cloned().unwrap_or_else(|| addr.clone()));
+        }
+    }
     let mut dial = BTreeMap::new();
     for (i, addr) in cfg.peers.iter().enumerate() {
         let id = ReplicaId(i as u8 + 1);
@@ -190,6 +243,7 @@ fn transport_config(cfg: &Config, cluster_id: Arc<AtomicU64>) -> TransportConfig
         idle_timeout_ms: cfg.idle_timeout_ms,
         help_lines: help_lines(cfg),
         peer_queue_max: PEER_QUEUE_MAX,
+        cluster_key,
     }
 }
 
@@ -199,8 +253,11 @@ pub fn help_lines(cfg: &Config) -> Vec<String> {
     vec![
         "PUT key value            -> OK <version>   (alias: add_update key value)".into(),
         "GET key                  -> VALUE <value> | NOTFOUND   (alias: read key)".into(),
+        "GETV key                 -> VERSION <version> <value> | NOTFOUND".into(),
         "DEL key                  -> OK <index>".into(),
+        "CAS key version value    -> OK <version> | ERR CONFLICT <current>   (version 0 = absent)".into(),
         "STATUS                   -> STATUS id=.. role=.. leader=.. epoch=.. commit=.. applied=..".into(),
+        "METRICS                  -> Prometheus text, then END".into(),
         "HELP                     -> this text, then END".into(),
         "QUIT                     -> BYE, then the connection closes".into(),
         format!(
@@ -237,9 +294,13 @@ struct EventLoop {
     shutdown_deadline: Option<Millis>,
     /// A storage failure reported by the disk thread: the loop stops with it.
     fatal: Option<String>,
-    /// fsyncs done by the disk thread, and their total time, for METRICS.
-    fsyncs: u64,
-    fsync_us_total: u64,
+    /// `--fsync`: under `never` a sync is a no-op and is not recorded.
+    fsync: FsyncPolicy,
+    /// Accepted entries handed to the disk thread per sync ticket, until the
+    /// disk thread reports that ticket durable (for `fsync_batch_entries`).
+    unsynced_entries: VecDeque<(u64, u64)>,
+    /// When the process started, for the uptime metric.
+    started: Instant,
 }
 
 /// How long a shutting-down replica waits for requests already in flight.
@@ -269,8 +330,7 @@ impl EventLoop {
             }
             Event::Client { conn, seq, request } => self.on_client(now, conn, seq, request),
             Event::DiskSynced { ticket, fsync_us, segment_bytes } => {
-                self.fsyncs += 1;
-                self.fsync_us_total += fsync_us;
+                self.record_fsync(ticket, fsync_us);
                 if segment_bytes > self.wal_segment_bytes {
                     self.replica.request_snapshot();
                 }
@@ -302,12 +362,12 @@ impl EventLoop {
 
     /// Fails what is still in flight, syncs, and lets client writers drain.
     fn finish_shutdown(&mut self) -> Result<(), String> {
-        let pending: Vec<(ReqId, (ConnId, u64))> =
+        let pending: Vec<(ReqId, Pending)> =
             std::mem::take(&mut self.net.pending).into_iter().collect();
-        for (_, (conn, seq)) in pending {
+        for (_, p) in pending {
             let detail =
                 "replica shut down before the answer; a write may or may not have committed";
-            self.net.send_reply(conn, seq, Reply::Error(ClientError::Timeout(detail.into())));
+            self.net.answer(&p, Reply::Error(ClientError::Timeout(detail.into())));
         }
         self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
         self.net.clients.clear();
@@ -319,41 +379,89 @@ impl EventLoop {
     }
 
     fn on_client(&mut self, now: Millis, conn: ConnId, seq: u64, request: Request) {
+        let Some(command) = command_kind(&request) else {
+            let reply = Reply::Error(ClientError::BadCmd("answered by the connection".into()));
+            self.net.send_reply(conn, seq, reply);
+            return;
+        };
+        let pending = Pending { conn, seq, command, received: Instant::now() };
         let local = match &request {
             Request::Status => Some(Reply::Status(self.replica.status(now))),
-            Request::Metrics => Some(Reply::Lines(self.metrics_lines())),
-            Request::Help | Request::Quit => {
-                Some(Reply::Error(ClientError::BadCmd("answered by the connection".into())))
-            }
+            Request::Metrics => Some(Reply::Lines(self.metrics_lines(now))),
             _ => None,
         };
         if let Some(reply) = local {
-            self.net.send_reply(conn, seq, reply);
+            self.net.answer(&pending, reply);
             return;
         }
         if self.shutdown_deadline.is_some() {
             let err = ClientError::Shutdown("replica is shutting down; try another".into());
-            self.net.send_reply(conn, seq, Reply::Error(err));
+            self.net.answer(&pending, Reply::Error(err));
             return;
         }
         let req = ReqId(self.next_req);
         self.next_req += 1;
-        self.net.pending.insert(req, (conn, seq));
+        self.net.pending.insert(req, pending);
         self.replica.step(now, Input::Client { req, request }, &mut self.out);
     }
 
-    fn metrics_lines(&self) -> Vec<String> {
+    /// Records one fsync the disk thread reported: it made every sync ticket
+    /// up to `ticket` durable, with the accepted entries handed to them.
+    fn record_fsync(&mut self, ticket: u64, fsync_us: u64) {
+        let mut entries = 0;
+        while let Some(&(t, n)) = self.unsynced_entries.front() {
+            if t > ticket {
+                break;
+            }
+            entries += n;
+            self.unsynced_entries.pop_front();
+        }
+        if self.fsync == FsyncPolicy::Always {
+            self.net.metrics.record_fsync(Duration::from_micros(fsync_us), entries);
+        }
+    }
+
+    /// The METRICS reply's lines: the loop's own metrics plus readings from
+    /// the replica and the transport.
+    fn metrics_lines(&self, now: Millis) -> Vec<String> {
         let s = &self.replica.stats;
-        vec![
-            format!("quorumkv_commit_index {}", self.replica.commit_index()),
-            format!("quorumkv_epoch {}", self.replica.epoch()),
-            format!("quorumkv_elections_total {}", s.elections_started),
-            format!("quorumkv_read_retries_total {}", s.read_retries),
-            format!("quorumkv_read_fallbacks_total {}", s.read_fallbacks),
-            format!("quorumkv_peer_frames_dropped_total {}", self.net.peers.dropped()),
-            format!("quorumkv_fsyncs_total {}", self.fsyncs),
-            format!("quorumkv_fsync_seconds_total {}", self.fsync_us_total as f64 / 1e6),
-        ]
+        let t = self.net.peers.stats();
+        // STATUS is the one place the protocol reports these two; its field
+        // names are part of the pinned interface (DESIGN §9).
+        let status = self.replica.status(now);
+        let readings = Readings {
+            role: self.replica.role_name(),
+            epoch: self.replica.epoch().0,
+            commit_index: self.replica.commit_index().0,
+            applied_index: status_field(&status, "applied").and_then(|v| v.parse().ok()),
+            leader_id: self.replica.leader_id().map_or(0, |id| u64::from(id.0)),
+            live_peers: status_field(&status, "live")
+                .map(|v| v.split(',').filter(|id| *id != "-").count() as u64),
+            elections: s.elections_started,
+            leaderships: s.leaderships,
+            leader_changes: s.leader_changes,
+            last_election_ms: s.last_election.and_then(|e| e.ended.map(|end| end.since(e.started))),
+            read_retries: s.read_retries,
+            read_fallbacks: s.read_fallbacks,
+            peer_messages_dropped: s.dropped_messages,
+            caught_up_entries: s.caught_up_entries,
+            snapshots_installed: s.snapshots_installed,
+            requests_in_flight: self.net.pending.len() as u64,
+            client_connections_open: TransportStats::get(&t.clients_open),
+            client_connections_total: TransportStats::get(&t.clients_total),
+            client_inflight_waits: TransportStats::get(&t.inflight_waits),
+            transport_errors: vec![
+                ("BADCMD", TransportStats::get(&t.badcmd_replies)),
+                ("TOOLARGE", TransportStats::get(&t.toolarge_replies)),
+                ("BUSY", TransportStats::get(&t.busy_refusals)),
+            ],
+            peer_frames_dropped: self.net.peers.dropped(),
+            peer_frames_discarded: self.net.peers.discarded(),
+            peer_handshakes_refused: TransportStats::get(&t.handshakes_refused),
+            peer_links_bad_frame: TransportStats::get(&t.bad_frame_links),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+        };
+        self.net.metrics.render(&readings)
     }
 
     /// Our own votes, released by the executor once durable, go back in.
@@ -369,9 +477,14 @@ impl EventLoop {
         let now = self.now();
         loop {
             self.replica.flush(now, &mut self.out);
-            self.executor
+            let entries = accepted_entries(&self.out);
+            let done = self
+                .executor
                 .execute(&mut self.out, &mut self.disk, &mut self.net)
                 .map_err(|e| format!("storage failed, stopping: {e}"))?;
+            if done.syncs > 0 {
+                self.unsynced_entries.push_back((self.executor.issued(), entries));
+            }
             // A loopback vote can commit entries, which can answer clients and
             // send COMMITs: run until nothing more comes back.
             let loopback = self.executor.take_loopback();
@@ -395,15 +508,71 @@ impl EventLoop {
     }
 }
 
-/// The server's side of the executor: peer writers and client reply channels.
+/// The `command` label of a request the loop answers; HELP and QUIT are
+/// answered by the connection and never reach here in practice.
+fn command_kind(request: &Request) -> Option<CommandKind> {
+    match request {
+        Request::Put { .. } => Some(CommandKind::Put),
+        Request::Get { .. } => Some(CommandKind::Get),
+        Request::GetV { .. } => Some(CommandKind::GetV),
+        Request::Del { .. } => Some(CommandKind::Del),
+        Request::Cas { .. } => Some(CommandKind::Cas),
+        Request::Status => Some(CommandKind::Status),
+        Request::Metrics => Some(CommandKind::Metrics),
+        Request::Dump => Some(CommandKind::Dump),
+        Request::Help | Request::Quit => None,
+    }
+}
+
+/// The value of `name=` in a STATUS line, if present.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status.split(' ').find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Accepted entries the outputs are about to persist: what their sync covers.
+fn accepted_entries(outputs: &[Output]) -> u64 {
+    outputs
+        .iter()
+        .map(|o| match o {
+            Output::Persist(Persist::Accept(entries)) => entries.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A client request the loop is answering.
+struct Pending {
+    conn: ConnId,
+    /// The connection's number for the request (replies go out in this order).
+    seq: u64,
+    /// Its `command` label for METRICS.
+    command: CommandKind,
+    /// When the loop received it: request latency runs from here.
+    received: Instant,
+}
+
+/// The server's side of the executor: peer writers, client reply channels
+/// and the metrics of what passes through them.
 struct ServerNet {
     peers: PeerSenders,
     clients: BTreeMap<ConnId, Sender<(u64, Reply)>>,
     /// Client requests waiting for the protocol's reply.
-    pending: BTreeMap<ReqId, (ConnId, u64)>,
+    pending: BTreeMap<ReqId, Pending>,
+    /// The loop's metrics (owned here so replies are counted as they go).
+    metrics: Metrics,
 }
 
 impl ServerNet {
+    /// Hands the reply for `p` to its connection and records it.
+    fn answer(&mut self, p: &Pending, reply: Reply) {
+        let error = match &reply {
+            Reply::Error(e) => Some(e.code()),
+            _ => None,
+        };
+        self.metrics.record_request(p.command, p.received.elapsed(), error);
+        self.send_reply(p.conn, p.seq, reply);
+    }
+
     fn send_reply(&mut self, conn: ConnId, seq: u64, reply: Reply) {
         if let Some(tx) = self.clients.get(&conn) {
             // A closed connection just loses its reply.
@@ -421,8 +590,8 @@ impl Network for ServerNet {
     }
 
     fn reply(&mut self, req: ReqId, reply: Reply) {
-        if let Some((conn, seq)) = self.pending.remove(&req) {
-            self.send_reply(conn, seq, reply);
+        if let Some(p) = self.pending.remove(&req) {
+            self.answer(&p, reply);
         }
     }
 }

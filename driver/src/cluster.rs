@@ -15,6 +15,7 @@
 //! needs no unsafe code and no extra crate.
 
 use crate::client::Client;
+use crate::proxy::Proxy;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -49,6 +50,9 @@ const CLUSTERS_ALIVE_MAX: usize = 2;
 
 /// Log lines per replica printed when a test panics or a scenario fails.
 const LOG_TAIL_LINES: usize = 25;
+
+/// Log lines searched for a crashed replica's panic message.
+const EXIT_CAUSE_LOG_LINES: usize = 200;
 
 /// Set `QKV_KEEP=1` to keep the temp root (data and logs) after the cluster drops.
 const KEEP_ENV: &str = "QKV_KEEP";
@@ -101,6 +105,30 @@ pub struct ClusterOpts {
     pub request_timeout_ms: u64,
     /// `--fsync always` when true, `--fsync never` when false.
     pub fsync: bool,
+}
+
+/// How the replicas are wired and where they run, for
+/// [`Cluster::start_with`]; the default is what [`Cluster::start`] does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// Start the replicas behind a [`Proxy`] (every peer link through it), so
+    /// the driver can cut links: see [`Cluster::proxy`].
+    pub proxied: bool,
+    /// Where each replica listens and how it is launched (e.g. inside a
+    /// network namespace); `None` means 127.0.0.1 on free ports.
+    pub placement: Option<Vec<Placement>>,
+}
+
+/// Where one replica runs: its listening address and a command prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The host (IP address) it listens on.
+    pub host: String,
+    /// The port it listens on.
+    pub port: u16,
+    /// Run the server through this command (e.g. `ip netns exec ns1`); the
+    /// prefix must `exec` the server, so the pid is the server's.
+    pub launcher: Vec<String>,
 }
 
 impl Default for ClusterOpts {
@@ -270,10 +298,14 @@ enum StartError {
 pub struct Cluster {
     /// How it was started.
     opts: ClusterOpts,
+    /// Proxy and placement.
+    layout: Layout,
     /// The temp root holding `data/` and `logs/`.
     root: PathBuf,
     /// Replica `id` is at index `id - 1`.
     replicas: Vec<Replica>,
+    /// The link proxy when `layout.proxied`; dropped after the children.
+    proxy: Option<Proxy>,
     /// Dropped after `Drop::drop` has killed the children.
     _permit: Permit,
 }
@@ -282,7 +314,13 @@ impl Cluster {
     /// Starts `opts.replicas` replicas on fresh ports and waits until each
     /// answers STATUS. Retries with new ports (up to 3 attempts) when a
     /// replica exits early saying its address is in use.
-    pub fn start(mut opts: ClusterOpts) -> Result<Cluster, String> {
+    pub fn start(opts: ClusterOpts) -> Result<Cluster, String> {
+        Cluster::start_with(opts, Layout::default())
+    }
+
+    /// [`Cluster::start`] with a [`Layout`]: behind the link proxy, or at
+    /// given addresses through a launcher (fixed ports are not retried).
+    pub fn start_with(mut opts: ClusterOpts, layout: Layout) -> Result<Cluster, String> {
         if opts.replicas == 0 {
             return Err("a cluster needs at least one replica".into());
         }
@@ -291,7 +329,8 @@ impl Cluster {
         }
         let permit = Permit::acquire();
         let root = make_root()?;
-        let mut cluster = Cluster { opts, root, replicas: Vec::new(), _permit: permit };
+        let mut cluster =
+            Cluster { opts, layout, root, replicas: Vec::new(), proxy: None, _permit: permit };
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS_MAX {
             match cluster.start_attempt(attempt) {
@@ -308,7 +347,19 @@ impl Cluster {
 
     /// One try: fresh ports, empty data dirs, spawn all, wait for all.
     fn start_attempt(&mut self, attempt: usize) -> Result<(), StartError> {
-        let ports = pick_ports(self.opts.replicas).map_err(StartError::Other)?;
+        let (hosts, ports) = match &self.layout.placement {
+            Some(p) if p.len() == self.opts.replicas => {
+                (p.iter().map(|p| p.host.clone()).collect(), p.iter().map(|p| p.port).collect())
+            }
+            Some(p) => {
+                let msg = format!("{} placements for {} replicas", p.len(), self.opts.replicas);
+                return Err(StartError::Other(msg));
+            }
+            None => (
+                vec!["127.0.0.1".to_string(); self.opts.replicas],
+                pick_ports(self.opts.replicas).map_err(StartError::Other)?,
+            ),
+        };
         let data = self.root.join("data");
         let logs = self.root.join("logs");
         // A previous attempt's directories name other ports: start blank.
@@ -322,13 +373,18 @@ impl Cluster {
                 .map_err(|e| StartError::Other(format!("create {}: {e}", data_dir.display())))?;
             self.replicas.push(Replica {
                 id,
-                addr: format!("127.0.0.1:{port}"),
+                addr: format!("{}:{port}", hosts[i]),
                 data_dir,
                 log_path: logs.join(format!("{id}.log")),
                 child: None,
                 crashed: None,
                 stopped: false,
             });
+        }
+        self.proxy = None;
+        if self.layout.proxied {
+            let targets: Vec<String> = self.replicas.iter().map(|r| r.addr.clone()).collect();
+            self.proxy = Some(Proxy::start(&targets).map_err(StartError::Other)?);
         }
         // Spawn all before waiting: a replica may not answer until it meets its peers.
         let mut log_offsets = Vec::new();
@@ -347,6 +403,7 @@ impl Cluster {
     fn spawn(&mut self, id: usize, note: &str) -> Result<u64, String> {
         let args = self.args(id);
         let opts_binary = self.opts.binary.clone();
+        let launcher = self.layout.placement.as_ref().map(|p| p[id - 1].launcher.clone());
         let r = &mut self.replicas[id - 1];
         let mut log = OpenOptions::new()
             .create(true)
@@ -357,7 +414,15 @@ impl Cluster {
         // The child's output starts after the note (the file is opened for append).
         let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let stderr = log.try_clone().map_err(|e| format!("clone log: {e}"))?;
-        let child = Command::new(&opts_binary)
+        let mut command = match launcher.as_deref() {
+            Some([program, prefix @ ..]) => {
+                let mut c = Command::new(program);
+                c.args(prefix).arg(&opts_binary);
+                c
+            }
+            _ => Command::new(&opts_binary),
+        };
+        let child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -391,11 +456,19 @@ impl Cluster {
             o.request_timeout_ms.to_string(),
         ];
         args.extend(o.extra_flags.iter().cloned());
+        if let Some(proxy) = &self.proxy {
+            args.extend(proxy.dial_flags(id));
+        }
         args
     }
 
     /// Waits until replica `id` answers STATUS naming itself, or exits.
     fn wait_ready(&mut self, id: usize, log_offset: u64) -> Result<(), StartError> {
+        self.wait_ready_status(id, log_offset).map(|_| ())
+    }
+
+    /// [`Cluster::wait_ready`], returning the first STATUS that named `id`.
+    fn wait_ready_status(&mut self, id: usize, log_offset: u64) -> Result<Status, StartError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.reap_if_exited(id) {
@@ -409,7 +482,7 @@ impl Cluster {
             }
             if let Ok(s) = self.status(id) {
                 if s.id() == id {
-                    return Ok(());
+                    return Ok(s);
                 }
             }
             if Instant::now() >= deadline {
@@ -436,6 +509,45 @@ impl Cluster {
     /// The options the cluster was started with (with the binary resolved).
     pub fn opts(&self) -> &ClusterOpts {
         &self.opts
+    }
+
+    /// The link proxy, when the cluster was started with [`Layout::proxied`].
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+
+    /// SIGKILLs every listed running replica at once (all signals first, then
+    /// the reaping), as a power cut does; returns the ids killed.
+    pub fn kill_at_once(&mut self, ids: &[usize]) -> Result<Vec<usize>, String> {
+        let mut killed = Vec::new();
+        for &id in ids {
+            self.replica(id);
+            if let Some(child) = self.replicas[id - 1].child.as_mut() {
+                child.kill().map_err(|e| format!("kill {id}: {e}"))?;
+                killed.push(id);
+            }
+        }
+        for &id in &killed {
+            let r = &mut self.replicas[id - 1];
+            if let Some(mut child) = r.child.take() {
+                child.wait().map_err(|e| format!("reap {id}: {e}"))?;
+            }
+            r.stopped = false;
+        }
+        self.note(&format!("killed replicas {killed:?} at once (SIGKILL)"));
+        Ok(killed)
+    }
+
+    /// Like [`Cluster::restart`], and returns the first STATUS the restarted
+    /// replica answered, to see the state it came up in.
+    pub fn restart_with_status(&mut self, id: usize) -> Result<Status, String> {
+        if self.is_running(id) {
+            return Err(format!("restart {id}: still running"));
+        }
+        let offset = self.spawn(id, "restart")?;
+        self.wait_ready_status(id, offset).map_err(|e| match e {
+            StartError::PortTaken(m) | StartError::Other(m) => format!("restart {id}: {m}"),
+        })
     }
 
     /// The temp root holding `data/` and `logs/`.
@@ -520,6 +632,13 @@ impl Cluster {
         }
     }
 
+    /// Ids of replicas that exited without the driver killing them (reaped
+    /// now); each stays listed until it is restarted.
+    pub fn crashed_ids(&mut self) -> Vec<usize> {
+        let _ = self.running_ids();
+        self.replicas.iter().filter(|r| r.crashed.is_some()).map(|r| r.id).collect()
+    }
+
     /// SIGKILLs replica `id` and reaps it. A stopped process dies too.
     pub fn kill(&mut self, id: usize) -> Result<(), String> {
         self.replica(id);
@@ -570,6 +689,15 @@ impl Cluster {
         })
     }
 
+    /// Starts replica `id` again like [`Cluster::restart`], but returns as soon
+    /// as the process is spawned, so the caller can time its start-up.
+    pub fn respawn(&mut self, id: usize) -> Result<(), String> {
+        if self.is_running(id) {
+            return Err(format!("respawn {id}: still running"));
+        }
+        self.spawn(id, "restart (not waiting)").map(|_| ())
+    }
+
     /// Removes replica `id`'s data directory, as a lost disk. Only when killed.
     pub fn wipe(&mut self, id: usize) -> Result<(), String> {
         if self.is_running(id) {
@@ -603,9 +731,24 @@ impl Cluster {
     /// Returns `(leader id, epoch)`. Fails at `deadline` with what it last saw,
     /// or at once when a replica crashes.
     pub fn wait_for_leader(&mut self, deadline: Instant) -> Result<(usize, u64), String> {
+        self.wait_for_leader_among(None, deadline)
+    }
+
+    /// [`Cluster::wait_for_leader`] over the replicas in `among` only (those
+    /// of them running and not stopped), e.g. the majority side of a
+    /// partition; `None` means all.
+    pub fn wait_for_leader_among(
+        &mut self,
+        among: Option<&[usize]>,
+        deadline: Instant,
+    ) -> Result<(usize, u64), String> {
         loop {
             self.check_alive()?;
-            let ids = self.live_ids();
+            let ids: Vec<usize> = self
+                .live_ids()
+                .into_iter()
+                .filter(|id| among.is_none_or(|a| a.contains(id)))
+                .collect();
             let statuses: Vec<(usize, Result<Status, String>)> =
                 ids.iter().map(|&id| (id, self.status(id))).collect();
             if let Some(found) = agreed_leader(&statuses) {
@@ -632,6 +775,21 @@ impl Cluster {
         let text = read_log_from(&self.replica(id).log_path, 0);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Why replica `id` exited, read from its log: its panic's location and
+    /// message (`panicked at FILE:LINE:COL: msg`), else its last log line.
+    pub fn exit_cause(&self, id: usize) -> String {
+        let log = self.log_tail(id, EXIT_CAUSE_LOG_LINES);
+        let lines: Vec<&str> = log.lines().collect();
+        match lines.iter().rposition(|l| l.contains("panicked at")) {
+            Some(i) => {
+                let at = lines[i].split("panicked at").nth(1).unwrap_or("").trim();
+                let msg = lines.get(i + 1).map(|m| m.trim()).unwrap_or("");
+                format!("panicked at {at} {msg}")
+            }
+            None => format!("exited; last log line: {}", lines.last().unwrap_or(&"(none)")),
+        }
     }
 
     /// Every replica's log tail under a header, for failure reports.

@@ -75,10 +75,12 @@ const COMMANDS: [(&str, Command); 12] = [
 
 /// Parses one line (without its `\n`; a trailing `\r` is still there).
 pub fn parse(line: &[u8], limits: &Limits) -> Result<Request, ClientError> {
+    // The limit counts the command, not its line ending: `\r\n` and `\n`
+    // clients get the same room (the transport counts the same way).
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.len() > limits.line_bytes_max {
         return Err(too_large("line", line.len(), limits.line_bytes_max, "--max-line-bytes"));
     }
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
         return Err(bad("empty line (try HELP)"));
     }

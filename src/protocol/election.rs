@@ -164,6 +164,7 @@ impl Replica {
         if self.learner {
             return;
         }
+        self.maybe_keepalive(now, out);
         match &self.role {
             Role::Follower => {
                 if now >= self.election_deadline {
@@ -208,6 +209,20 @@ impl Replica {
         if now >= l.next_heartbeat {
             self.send_heartbeat(now, out);
         }
+    }
+
+    /// Replicas that are not leading tell the others they are alive every
+    /// half election timeout (followers otherwise hear only the leader), so a
+    /// replica without a leader knows whether a write quorum is still up:
+    /// `ERR NOQUORUM` when it is not, a short wait for the election when it is.
+    fn maybe_keepalive(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if matches!(self.role, Role::Leader(_)) || now < self.keepalive_at {
+            return;
+        }
+        self.keepalive_at = now.plus((self.cfg.election_timeout_ms / 2).max(1));
+        let to: Vec<ReplicaId> =
+            self.peers.iter().filter(|(_, p)| p.link_up).map(|(id, _)| *id).collect();
+        self.send(to, PeerMsg::Hello, out);
     }
 
     /// Starts (or restarts) Bully: ELECTION to every reachable higher id.
@@ -456,6 +471,9 @@ impl Replica {
         }
         self.role = Role::Leader(Box::new(leadership));
         crate::qlog!("leader of epoch {epoch} with promises from {:?}; recovering", ids(&promises));
+        // Writes that waited for a leader while we campaigned are ours now
+        // (they queue until recovery is over).
+        self.forward_awaiting(now, out);
 
         // Step 1: slots up to H, the highest commit index heard, are chosen.
         let high = promises.values().map(|p| p.commit).max().unwrap_or(self.commit);

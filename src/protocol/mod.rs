@@ -301,6 +301,8 @@ pub struct Replica {
     incoming: Option<snapshot::Incoming>,
     /// Follower DUMPs waiting to apply up to the leader-confirmed index.
     barriers: Vec<(ReqId, LogIndex)>,
+    /// Next keepalive Hello while not leading.
+    keepalive_at: Millis,
 }
 
 impl Replica {
@@ -354,6 +356,7 @@ impl Replica {
             outgoing: BTreeMap::new(),
             incoming: None,
             barriers: Vec::new(),
+            keepalive_at: Millis(0),
             cfg,
         };
         if let Some(snap) = durable.snapshot {

@@ -292,7 +292,7 @@ fn a_winner_that_dies_after_coordinator_never_reuses_its_epoch() {
     // durable before any COORDINATOR left, so after the restart it claims a
     // higher epoch it owns.
     let mut sent_some = false;
-    for k in 0..4 {
+    for k in 0..12 {
         let mut s = Scenario::new(3);
         s.c.arm_crash(r(3), CrashPoint::AfterSends(k));
         s.run(150);

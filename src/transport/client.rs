@@ -2,10 +2,10 @@
 //! writer puts replies back in order.
 
 use super::input::{Input, LineEnd};
-use super::{is_timeout, ConnId, Event, Shared, Slot, CLIENT_DRAIN_MS_MAX};
+use super::{is_timeout, ConnId, Event, Shared, Slot, TransportStats, CLIENT_DRAIN_MS_MAX};
 use crate::client::{parse, ClientError, Reply, Request};
 use crate::qlog;
-use crossbeam_channel::{at, never, select, Receiver, Sender};
+use crossbeam_channel::{at, never, select, Receiver, Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 /// A client that does not read its replies for this long is dropped, so it
 /// holds its writer thread no longer.
 const CLIENT_WRITE_MS_MAX: u64 = 10_000;
+
+/// Commands one client may have sent without their reply written yet. Past
+/// this the reader stops reading until the writer catches up, so a client
+/// that pipelines without reading its replies holds at most this many
+/// requests and replies in memory; TCP flow control holds back the rest.
+/// Large enough that a pipelining client never notices it.
+pub const CLIENT_INFLIGHT_MAX: usize = 1024;
 
 /// Process-wide source of [`ConnId`]s.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -67,11 +74,15 @@ pub(super) fn serve(mut input: Input<TcpStream>, addr: SocketAddr, slot: Slot, s
             return;
         }
     };
+    // Each reply is owed for one line the reader numbered, and the reader
+    // takes one credit per line, so the unbounded reply channel holds at most
+    // CLIENT_INFLIGHT_MAX replies.
     let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let (credit_tx, credit_rx) = crossbeam_channel::bounded(CLIENT_INFLIGHT_MAX);
     let writer = thread::Builder::new()
         .name(format!("client writer {conn}"))
-        .spawn(move || write_replies(write_half, conn, reply_rx, done_rx));
+        .spawn(move || write_replies(write_half, conn, reply_rx, done_rx, credit_rx));
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -80,8 +91,14 @@ pub(super) fn serve(mut input: Input<TcpStream>, addr: SocketAddr, slot: Slot, s
         }
     };
     let open = Event::ClientOpen { conn, reply_tx: reply_tx.clone() };
+    let stats = &shared.stats;
+    TransportStats::bump(&stats.clients_total);
+    stats.clients_open.fetch_add(1, Ordering::Relaxed);
     let end = match shared.events_tx.send(open) {
-        Ok(()) => read_commands(&mut input, conn, addr, &reply_tx, shared),
+        Ok(()) => {
+            let reply = Replies { tx: &reply_tx, credit_tx: &credit_tx };
+            read_commands(&mut input, conn, addr, &reply, shared)
+        }
         Err(_) => ReaderEnd::Abort,
     };
     match end {
@@ -93,11 +110,38 @@ pub(super) fn serve(mut input: Input<TcpStream>, addr: SocketAddr, slot: Slot, s
             drop(done_tx);
         }
     }
+    drop(credit_tx);
     if writer.join().is_err() {
         qlog!("client {conn} writer panicked");
     }
+    stats.clients_open.fetch_sub(1, Ordering::Relaxed);
     drop(slot);
     let _ = shared.events_tx.send(Event::ClientClosed { conn });
+}
+
+/// The reader's ends of a connection's reply path.
+struct Replies<'a> {
+    /// Replies the reader answers itself go straight to the writer.
+    tx: &'a Sender<(u64, Reply)>,
+    /// One credit per numbered line; the writer returns it once the reply is
+    /// written (see [`CLIENT_INFLIGHT_MAX`]).
+    credit_tx: &'a Sender<()>,
+}
+
+impl Replies<'_> {
+    /// Takes the credit for one more line, waiting while the client has
+    /// [`CLIENT_INFLIGHT_MAX`] unanswered. False when the writer is gone (the
+    /// client stopped reading long enough for a write to time out).
+    fn take_credit(&self, stats: &TransportStats) -> bool {
+        match self.credit_tx.try_send(()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(())) => {
+                TransportStats::bump(&stats.inflight_waits);
+                self.credit_tx.send(()).is_ok()
+            }
+            Err(TrySendError::Disconnected(())) => false,
+        }
+    }
 }
 
 /// Reads, numbers and routes lines until EOF, QUIT or an error.
@@ -105,14 +149,19 @@ fn read_commands(
     input: &mut Input<TcpStream>,
     conn: ConnId,
     addr: SocketAddr,
-    reply_tx: &Sender<(u64, Reply)>,
+    replies: &Replies,
     shared: &Shared,
 ) -> ReaderEnd {
     let limits = &shared.limits;
+    let stats = &shared.stats;
     let mut line = Vec::new();
     let mut seq = 0u64;
     loop {
-        let reply = match input.read_line(limits.line_bytes_max, &mut line) {
+        let read = input.read_line(limits.line_bytes_max, &mut line);
+        if matches!(read, Ok(LineEnd::Line | LineEnd::TooLong(_))) && !replies.take_credit(stats) {
+            return ReaderEnd::Abort;
+        }
+        let reply = match read {
             Ok(LineEnd::Eof) => return ReaderEnd::Graceful(seq),
             Ok(LineEnd::TooLong(size)) => Reply::Error(ClientError::TooLarge {
                 what: "line".into(),
@@ -123,7 +172,7 @@ fn read_commands(
             Ok(LineEnd::Line) => match route(parse(&line, limits), &shared.help_lines) {
                 Route::Reply(reply) => reply,
                 Route::Quit => {
-                    let _ = reply_tx.send((seq, Reply::Bye));
+                    let _ = replies.tx.send((seq, Reply::Bye));
                     return ReaderEnd::Graceful(seq + 1);
                 }
                 Route::Loop(request) => {
@@ -143,8 +192,14 @@ fn read_commands(
                 return ReaderEnd::Abort;
             }
         };
+        if let Reply::Error(e) = &reply {
+            match e {
+                ClientError::TooLarge { .. } => TransportStats::bump(&stats.toolarge_replies),
+                _ => TransportStats::bump(&stats.badcmd_replies),
+            };
+        }
         // The writer only goes away with the socket, and then the next read ends too.
-        let _ = reply_tx.send((seq, reply));
+        let _ = replies.tx.send((seq, reply));
         seq += 1;
     }
 }
@@ -152,11 +207,13 @@ fn read_commands(
 /// The writer thread: replies in `seq` order, one write per burst. Ends after
 /// `BYE`, once every line the reader counted is answered, when the reader
 /// aborts, on a write error, or [`CLIENT_DRAIN_MS_MAX`] after a half-close.
+/// Each written reply gives the reader back one credit from `credit_rx`.
 fn write_replies(
     mut stream: TcpStream,
     conn: ConnId,
     reply_rx: Receiver<(u64, Reply)>,
     done_rx: Receiver<u64>,
+    credit_rx: Receiver<()>,
 ) {
     let mut pending: BTreeMap<u64, Reply> = BTreeMap::new();
     let mut next = 0u64;
@@ -187,9 +244,11 @@ fn write_replies(
             pending.insert(seq, reply);
         }
         let mut bye = false;
+        let mut written = 0;
         while let Some(reply) = pending.remove(&next) {
             reply.encode(&mut out);
             next += 1;
+            written += 1;
             if reply == Reply::Bye {
                 bye = true;
                 break;
@@ -201,6 +260,10 @@ fn write_replies(
                 break;
             }
             out.clear();
+        }
+        for _ in 0..written {
+            // A reply the reader did not number (none today) has no credit.
+            let _ = credit_rx.try_recv();
         }
         if bye || owed.is_some_and(|(lines, _)| next >= lines) {
             break;

@@ -1,5 +1,5 @@
-//! The peer handshake (DESIGN §2): the one line a dialing replica sends before
-//! any frame, and the acceptor's one-line answer.
+//! The peer handshake (DESIGN §2): the lines a dialing replica and the
+//! acceptor exchange before any frame.
 //!
 //! ```text
 //! dialer:   QKVPEER 1 <from-id> <digest> <cluster-id> <proof> <peer-list>\n
@@ -10,15 +10,40 @@
 //! dialer's `--peers` list; `<peer-list>` is that list comma-joined, sent so a
 //! refused digest can be logged with both lists (it is informational and may
 //! be left out when the line would grow past [`HANDSHAKE_BYTES_MAX`]).
-//! `<cluster-id>` is 0 until formation completes. `<proof>` is reserved for a
-//! cluster-key proof and is `-` for now. The checks are pure ([`check_hello`])
-//! so every refusal is unit-tested; the socket steps are thin wrappers.
+//! `<cluster-id>` is 0 until formation completes.
+//!
+//! `<proof>` says whether the dialer holds a cluster key: `-` (none) or
+//! `hmac-sha256`. A replica started with `--cluster-key-file` refuses a
+//! dialer without one, and one without a key refuses a dialer that has one,
+//! so a half-configured cluster says what is wrong. When both hold a key, the
+//! acceptor challenges before it answers:
+//!
+//! ```text
+//! acceptor: QKVPEER-CHALLENGE <nonce: 32 hex digits, fresh per connection>\n
+//! dialer:   QKVPEER-PROOF <64 hex digits>\n
+//! ```
+//!
+//! The proof is HMAC-SHA256 under the key of a domain tag, the nonce, both ids
+//! and the digest ([`cluster_key_proof`]); the acceptor compares it in constant
+//! time. A fresh nonce per connection makes a recorded proof useless on the
+//! next one, and the ids in the MAC stop a proof made for one link from
+//! opening another. This is authentication only: frames travel in clear text,
+//! unsigned, after the handshake (see the README's operations guide).
+//!
+//! The whole acceptor side, challenge included, must finish within
+//! [`HANDSHAKE_MS_MAX`]. The checks are pure ([`check_hello`],
+//! [`check_proof`]) so every refusal is unit-tested; the socket steps are thin
+//! wrappers.
 
 use super::input::{Input, LineEnd};
 use crate::protocol::types::ReplicaId;
-use std::fmt::Write as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt::{self, Write as _};
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The first bytes of a peer handshake; anything else on the port is a client.
@@ -44,6 +69,151 @@ pub(crate) const CONNECT_MS_MAX: u64 = 1_000;
 /// Longest answer line the dialer reads (`QKVPEER-REFUSED` plus a reason).
 const ANSWER_BYTES_MAX: usize = 4 * 1024;
 
+/// Bytes of the acceptor's challenge nonce: 128 random bits never repeat in
+/// practice, so no proof is ever valid twice.
+pub const NONCE_BYTES: usize = 16;
+
+/// Bytes of an HMAC-SHA256 proof.
+const PROOF_BYTES: usize = 32;
+
+/// The `<proof>` field of a dialer with a cluster key.
+const PROOF_MODE_KEY: &str = "hmac-sha256";
+
+/// The `<proof>` field of a dialer without one.
+const PROOF_MODE_NONE: &str = "-";
+
+/// Separates this MAC's input from any other use of the same key.
+const PROOF_DOMAIN: &[u8] = b"quorumkv peer handshake v1\0";
+
+/// Shortest key the replica accepts without a warning in the log.
+pub(crate) const CLUSTER_KEY_BYTES_MIN: usize = 16;
+
+/// The shared secret of `--cluster-key-file`. `Debug` never shows it.
+#[derive(Clone)]
+pub struct ClusterKey(Arc<[u8]>);
+
+impl ClusterKey {
+    /// A key of these bytes.
+    pub fn new(bytes: &[u8]) -> ClusterKey {
+        ClusterKey(bytes.into())
+    }
+
+    /// Reads the key file: its bytes, less trailing ASCII whitespace (so
+    /// `openssl rand -hex 32 > key` and an editor's final newline give the
+    /// same key on every host). An empty key is an error.
+    pub fn from_file(path: &Path) -> io::Result<ClusterKey> {
+        let bytes = std::fs::read(path)?;
+        let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        if end == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the key file holds no key"));
+        }
+        Ok(ClusterKey::new(&bytes[..end]))
+    }
+
+    /// Bytes of key material.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a key from [`ClusterKey::from_file`].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length")
+    }
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterKey({} bytes, not shown)", self.0.len())
+    }
+}
+
+/// Feeds the proof's message into `mac`: domain tag, nonce, dialer id,
+/// acceptor id, peer-list digest.
+fn proof_input(
+    mut mac: Hmac<Sha256>,
+    nonce: &[u8; NONCE_BYTES],
+    from: ReplicaId,
+    to: ReplicaId,
+    digest: &str,
+) -> Hmac<Sha256> {
+    mac.update(PROOF_DOMAIN);
+    mac.update(nonce);
+    mac.update(&[from.0, to.0]);
+    mac.update(digest.as_bytes());
+    mac
+}
+
+/// The proof a dialer `from` sends to acceptor `to` for `nonce`, as hex:
+/// HMAC-SHA256(key, domain || nonce || from || to || digest).
+pub fn cluster_key_proof(
+    key: &ClusterKey,
+    nonce: &[u8; NONCE_BYTES],
+    from: ReplicaId,
+    to: ReplicaId,
+    digest: &str,
+) -> String {
+    let tag = proof_input(key.mac(), nonce, from, to, digest).finalize().into_bytes();
+    to_hex(&tag)
+}
+
+/// Lowercase hex of `bytes`.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Bytes of a hex string (either case); `None` unless it is exactly `N` bytes.
+fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16);
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
+/// A fresh challenge nonce from the OS-seeded thread RNG.
+pub(crate) fn new_nonce() -> [u8; NONCE_BYTES] {
+    rand::random()
+}
+
+/// The challenge line the acceptor sends, `\n` included.
+pub(crate) fn challenge_line(nonce: &[u8; NONCE_BYTES]) -> String {
+    format!("QKVPEER-CHALLENGE {}\n", to_hex(nonce))
+}
+
+/// Checks the dialer's proof line (without `\n`) for the challenge `nonce`;
+/// `from` is the id its hello line named. Compares in constant time.
+pub(crate) fn check_proof(
+    line: &[u8],
+    key: &ClusterKey,
+    nonce: &[u8; NONCE_BYTES],
+    from: ReplicaId,
+    local: &Local,
+) -> Result<(), Refusal> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let proof = std::str::from_utf8(line)
+        .ok()
+        .and_then(|l| l.strip_prefix("QKVPEER-PROOF "))
+        .and_then(from_hex::<PROOF_BYTES>)
+        .ok_or_else(|| Refusal::new(format!("malformed cluster key proof from r{from}")))?;
+    proof_input(key.mac(), nonce, from, local.id, local.digest).verify_slice(&proof).map_err(|_| {
+        Refusal::new(format!(
+            "cluster key proof from r{from} does not match (another --cluster-key-file?)"
+        ))
+    })
+}
+
 const _: () = assert!(HANDSHAKE_BYTES_MAX < super::input::INPUT_BUF_BYTES);
 const _: () = assert!(CONNECT_MS_MAX <= HANDSHAKE_MS_MAX);
 
@@ -57,6 +227,8 @@ pub(crate) struct Local<'a> {
     pub digest: &'a str,
     /// This replica's cluster id, 0 while not formed.
     pub cluster_id: u64,
+    /// The cluster key, when this replica was started with one.
+    pub key: Option<&'a ClusterKey>,
 }
 
 /// Why a handshake was refused.
@@ -76,8 +248,9 @@ impl Refusal {
 
 /// The handshake line a dialer sends, `\n` included.
 pub(crate) fn hello_line(local: &Local) -> String {
+    let proof = if local.key.is_some() { PROOF_MODE_KEY } else { PROOF_MODE_NONE };
     let mut line = format!(
-        "QKVPEER {HANDSHAKE_VERSION} {} {} {} -",
+        "QKVPEER {HANDSHAKE_VERSION} {} {} {} {proof}",
         local.id.0, local.digest, local.cluster_id
     );
     let list = local.peers.join(",");
@@ -91,7 +264,8 @@ pub(crate) fn hello_line(local: &Local) -> String {
 }
 
 /// Checks one handshake line (without `\n`; a trailing `\r` is allowed).
-/// Returns the dialer's proven id, or why it is refused.
+/// Returns the dialer's claimed id, or why it is refused. With a cluster key
+/// the id is proven only once [`check_proof`] passes too.
 pub(crate) fn check_hello(line: &[u8], local: &Local) -> Result<ReplicaId, Refusal> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(text) = std::str::from_utf8(line) else {
@@ -141,7 +315,16 @@ pub(crate) fn check_hello(line: &[u8], local: &Local) -> Result<ReplicaId, Refus
             local.cluster_id
         )));
     }
-    Ok(from)
+    match (fields[5], local.key.is_some()) {
+        (PROOF_MODE_NONE, false) | (PROOF_MODE_KEY, true) => Ok(from),
+        (PROOF_MODE_NONE, true) => Err(Refusal::new(format!(
+            "peer r{from} has no cluster key; this replica requires one (--cluster-key-file)"
+        ))),
+        (PROOF_MODE_KEY, false) => Err(Refusal::new(format!(
+            "peer r{from} has a cluster key; this replica was started without --cluster-key-file"
+        ))),
+        (other, _) => Err(Refusal::new(format!("malformed handshake: proof field {other:?}"))),
+    }
 }
 
 /// Reads the handshake line once its prefix has arrived, all of it before
@@ -168,25 +351,34 @@ pub(crate) fn read_hello_line(
     input.read_line(HANDSHAKE_BYTES_MAX, out)
 }
 
-/// Connects to `addr`, sends `hello` and waits for `QKVPEER-OK <expect>`.
-/// Returns the connected stream, ready for frames, or a one-line reason.
-pub(crate) fn dial(addr: &str, expect: ReplicaId, hello: &str) -> Result<TcpStream, String> {
+/// Connects to `addr`, sends the hello line for `local`, answers a
+/// challenge with the cluster key's proof, and waits for `QKVPEER-OK
+/// <expect>`. Returns the connected stream, ready for frames, or a one-line
+/// reason.
+pub(crate) fn dial(addr: &str, expect: ReplicaId, local: &Local) -> Result<TcpStream, String> {
     let stream = connect(addr)?;
     let setup = stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX))))
         .and_then(|()| stream.set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX))));
     setup.map_err(|e| format!("socket setup: {e}"))?;
+    let hello = hello_line(local);
     (&stream).write_all(hello.as_bytes()).map_err(|e| format!("sending handshake: {e}"))?;
     let mut input = Input::new(&stream);
-    let mut line = Vec::new();
-    match input.read_line(ANSWER_BYTES_MAX, &mut line) {
-        Ok(LineEnd::Line) => {}
-        Ok(LineEnd::TooLong(n)) => return Err(format!("handshake answer of {n} bytes")),
-        Ok(LineEnd::Eof) => return Err("closed during handshake".into()),
-        Err(e) => return Err(format!("waiting for handshake answer: {e}")),
+    let mut line = read_answer(&mut input)?;
+    if let Some(nonce) = line.strip_prefix("QKVPEER-CHALLENGE ") {
+        let key = local.key.ok_or_else(|| {
+            "the peer asks for a cluster key proof; start this replica with --cluster-key-file"
+                .to_string()
+        })?;
+        let nonce = from_hex::<NONCE_BYTES>(nonce)
+            .ok_or_else(|| format!("malformed handshake challenge {line:?}"))?;
+        let proof = cluster_key_proof(key, &nonce, local.id, expect, local.digest);
+        (&stream)
+            .write_all(format!("QKVPEER-PROOF {proof}\n").as_bytes())
+            .map_err(|e| format!("sending the key proof: {e}"))?;
+        line = read_answer(&mut input)?;
     }
-    let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned();
     if let Some(reason) = line.strip_prefix("QKVPEER-REFUSED ") {
         return Err(format!("refused: {reason}"));
     }
@@ -195,6 +387,18 @@ pub(crate) fn dial(addr: &str, expect: ReplicaId, hello: &str) -> Result<TcpStre
         Some(Ok(id)) => Err(format!("reached replica {id}, not {expect} (check --peer-dial)")),
         _ => Err(format!("unexpected handshake answer {line:?}")),
     }
+}
+
+/// Reads one handshake answer line from the acceptor, lossily as text.
+fn read_answer(input: &mut Input<&TcpStream>) -> Result<String, String> {
+    let mut line = Vec::new();
+    match input.read_line(ANSWER_BYTES_MAX, &mut line) {
+        Ok(LineEnd::Line) => {}
+        Ok(LineEnd::TooLong(n)) => return Err(format!("handshake answer of {n} bytes")),
+        Ok(LineEnd::Eof) => return Err("closed during handshake".into()),
+        Err(e) => return Err(format!("waiting for handshake answer: {e}")),
+    }
+    Ok(String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned())
 }
 
 /// Resolves `addr` afresh (a name may move) and connects to the first
@@ -222,7 +426,8 @@ mod tests {
     fn check(line: &str, cluster_id: u64) -> Result<ReplicaId, Refusal> {
         let peers = peers();
         let digest = super::super::peers_digest(&peers);
-        let local = Local { id: ReplicaId(1), peers: &peers, digest: &digest, cluster_id };
+        let local =
+            Local { id: ReplicaId(1), peers: &peers, digest: &digest, cluster_id, key: None };
         check_hello(line.as_bytes(), &local)
     }
 
@@ -234,7 +439,8 @@ mod tests {
     fn hello_from_a_peer_with_the_same_list_is_accepted() {
         let peers = peers();
         let digest = super::super::peers_digest(&peers);
-        let dialer = Local { id: ReplicaId(3), peers: &peers, digest: &digest, cluster_id: 9 };
+        let dialer =
+            Local { id: ReplicaId(3), peers: &peers, digest: &digest, cluster_id: 9, key: None };
         let line = hello_line(&dialer);
         assert!(
             line.starts_with("QKVPEER 1 3 ")
@@ -261,7 +467,7 @@ mod tests {
         assert!(reason(check(&format!("QKVPEER 1 2 {digest} zz -"), 0)).contains("cluster id"));
         assert!(check_hello(
             b"QKVPEER 1 \xff",
-            &Local { id: ReplicaId(1), peers: &peers(), digest: &digest, cluster_id: 0 }
+            &Local { id: ReplicaId(1), peers: &peers(), digest: &digest, cluster_id: 0, key: None }
         )
         .is_err());
     }
@@ -283,5 +489,97 @@ mod tests {
         // Either side not formed yet: accepted (formation settles it).
         assert_eq!(check(&format!("QKVPEER 1 2 {digest} 0 -"), 11), Ok(ReplicaId(2)));
         assert_eq!(check(&format!("QKVPEER 1 2 {digest} 10 -"), 0), Ok(ReplicaId(2)));
+    }
+
+    fn keyed<'a>(id: u8, peers: &'a [String], digest: &'a str, key: &'a ClusterKey) -> Local<'a> {
+        Local { id: ReplicaId(id), peers, digest, cluster_id: 0, key: Some(key) }
+    }
+
+    #[test]
+    fn key_mode_must_match_on_both_sides() {
+        let peers = peers();
+        let digest = super::super::peers_digest(&peers);
+        let key = ClusterKey::new(b"0123456789abcdef0123456789abcdef");
+        let with_key = hello_line(&keyed(2, &peers, &digest, &key));
+        assert!(with_key.contains(" 0 hmac-sha256 "), "{with_key}");
+        let with_key = with_key.trim_end();
+        let acceptor = keyed(1, &peers, &digest, &key);
+        assert_eq!(check_hello(with_key.as_bytes(), &acceptor), Ok(ReplicaId(2)));
+        let r = reason(check(with_key, 0));
+        assert!(r.contains("started without --cluster-key-file"), "{r}");
+        let r = check_hello(format!("QKVPEER 1 2 {digest} 0 -").as_bytes(), &acceptor);
+        assert!(reason(r).contains("requires one (--cluster-key-file)"));
+        let r = check_hello(format!("QKVPEER 1 2 {digest} 0 md5").as_bytes(), &acceptor);
+        assert!(reason(r).contains("proof field"));
+    }
+
+    #[test]
+    fn proof_binds_key_nonce_ids_and_digest() {
+        let peers = peers();
+        let digest = super::super::peers_digest(&peers);
+        let key = ClusterKey::new(b"the right key, 32 bytes long....");
+        let acceptor = keyed(1, &peers, &digest, &key);
+        let nonce = [7u8; NONCE_BYTES];
+        let line = |proof: String| format!("QKVPEER-PROOF {proof}");
+        let good = line(cluster_key_proof(&key, &nonce, ReplicaId(2), ReplicaId(1), &digest));
+        assert_eq!(check_proof(good.as_bytes(), &key, &nonce, ReplicaId(2), &acceptor), Ok(()));
+        assert_eq!(
+            check_proof((good.clone() + "\r").as_bytes(), &key, &nonce, ReplicaId(2), &acceptor),
+            Ok(())
+        );
+        let wrong = [
+            cluster_key_proof(
+                &ClusterKey::new(b"another key"),
+                &nonce,
+                ReplicaId(2),
+                ReplicaId(1),
+                &digest,
+            ),
+            cluster_key_proof(&key, &[8u8; NONCE_BYTES], ReplicaId(2), ReplicaId(1), &digest),
+            cluster_key_proof(&key, &nonce, ReplicaId(3), ReplicaId(1), &digest),
+            cluster_key_proof(&key, &nonce, ReplicaId(2), ReplicaId(3), &digest),
+            cluster_key_proof(&key, &nonce, ReplicaId(2), ReplicaId(1), "0000000000000000"),
+        ];
+        for proof in wrong {
+            let r = check_proof(line(proof).as_bytes(), &key, &nonce, ReplicaId(2), &acceptor);
+            assert!(reason(r.map(|()| ReplicaId(2))).contains("does not match"));
+        }
+        let zeros = "0".repeat(64);
+        for bad in
+            ["QKVPEER-PROOF", "QKVPEER-PROOF xyz", "proof", &format!("QKVPEER-PROOF {zeros}0")]
+        {
+            let r = check_proof(bad.as_bytes(), &key, &nonce, ReplicaId(2), &acceptor);
+            assert!(reason(r.map(|()| ReplicaId(2))).contains("malformed"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_bad_digits() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(to_hex(&bytes), "0001abff");
+        assert_eq!(from_hex::<4>("0001ABff"), Some(bytes));
+        assert_eq!(from_hex::<4>("0001abf"), None);
+        assert_eq!(from_hex::<4>("0001abfg"), None);
+        assert_eq!(from_hex::<2>("+1+1"), None);
+        let nonce = [0x5au8; NONCE_BYTES];
+        assert_eq!(challenge_line(&nonce), format!("QKVPEER-CHALLENGE {}\n", "5a".repeat(16)));
+    }
+
+    #[test]
+    fn key_file_trailing_whitespace_is_ignored_and_debug_hides_the_key() {
+        let dir = std::env::temp_dir().join(format!("qkv-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, empty) = (dir.join("a"), dir.join("b"), dir.join("empty"));
+        std::fs::write(&a, "s3cret-key-material\n").unwrap();
+        std::fs::write(&b, "s3cret-key-material").unwrap();
+        std::fs::write(&empty, " \r\n").unwrap();
+        let (ka, kb) = (ClusterKey::from_file(&a).unwrap(), ClusterKey::from_file(&b).unwrap());
+        let nonce = [1u8; NONCE_BYTES];
+        let proof = |k: &ClusterKey| cluster_key_proof(k, &nonce, ReplicaId(1), ReplicaId(2), "d");
+        assert_eq!(proof(&ka), proof(&kb));
+        assert_eq!(ka.len(), 19);
+        assert!(!format!("{ka:?}").contains("s3cret"));
+        assert!(ClusterKey::from_file(&empty).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::handshake::{HANDSHAKE_MS_MAX, PEER_PREFIX};
 use super::input::Input;
-use super::{client, peer, should_log, Shared, Slot};
+use super::{client, peer, should_log, Shared, Slot, TransportStats};
 use crate::client::{ClientError, Reply};
 use crate::qlog;
 use std::io::{self, Write};
@@ -151,7 +151,7 @@ fn refuse_busy(stream: &TcpStream, addr: SocketAddr, shared: &Shared) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(BUSY_WRITE_MS_MAX)));
     let _ = (&*stream).write_all(&line);
     let _ = stream.shutdown(Shutdown::Both);
-    let refusals = shared.busy_refusals.fetch_add(1, Ordering::Relaxed) + 1;
+    let refusals = TransportStats::bump(&shared.stats.busy_refusals);
     if should_log(refusals) {
         qlog!("client {addr} refused: {open} >= --max-clients {max} ({refusals} refused so far)");
     }

@@ -34,7 +34,10 @@
 //!   Parse errors, HELP and QUIT are answered straight to the writer; every
 //!   other command goes to the loop as [`Event::Client`]. The writer puts
 //!   replies back in sequence order and writes them, flushing when nothing
-//!   more is ready. When the client half-closes, the writer still delivers
+//!   more is ready. A client may have at most [`CLIENT_INFLIGHT_MAX`]
+//!   commands without a written reply: past that the reader stops reading
+//!   until the writer catches up, so a client that pipelines without reading
+//!   its replies is held back by TCP flow control instead of growing memory. When the client half-closes, the writer still delivers
 //!   the replies owed (for `echo STATUS | nc -N`), for at most
 //!   [`CLIENT_DRAIN_MS_MAX`]. The reader joins the writer, then sends
 //!   [`Event::ClientClosed`] as the connection's last event, so no thread
@@ -45,7 +48,8 @@
 //! thread whose send fails (the loop is gone) ends quietly.
 //!
 //! The one lock here guards the table of inbound peer sockets (transport
-//! bookkeeping, never protocol state).
+//! bookkeeping, never protocol state). Counters for METRICS are atomics in
+//! [`TransportStats`], read by the loop when it renders.
 
 mod client;
 mod handshake;
@@ -66,7 +70,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use handshake::HANDSHAKE_MS_MAX;
+pub use client::CLIENT_INFLIGHT_MAX;
+pub(crate) use handshake::CLUSTER_KEY_BYTES_MIN;
+pub use handshake::{cluster_key_proof, ClusterKey, HANDSHAKE_MS_MAX, NONCE_BYTES};
 
 /// How long a client writer keeps delivering owed replies after the client
 /// half-closed its side. The loop answers every request within its request
@@ -128,6 +134,42 @@ pub struct TransportConfig {
     pub help_lines: Vec<String>,
     /// Capacity of each peer writer's queue, in frames (at least 1).
     pub peer_queue_max: usize,
+    /// `--cluster-key-file`'s key: peers must prove they know it.
+    pub cluster_key: Option<ClusterKey>,
+}
+
+/// Counters the transport threads keep for METRICS (relaxed atomics: each is
+/// an independent count, read now and then).
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    /// Client connections open now.
+    pub clients_open: AtomicU64,
+    /// Client connections served since start.
+    pub clients_total: AtomicU64,
+    /// Connections answered `ERR BUSY`.
+    pub busy_refusals: AtomicU64,
+    /// `ERR BADCMD` replies the connection answered itself (parse errors).
+    pub badcmd_replies: AtomicU64,
+    /// `ERR TOOLARGE` replies the connection answered itself.
+    pub toolarge_replies: AtomicU64,
+    /// Times a client reader waited because [`CLIENT_INFLIGHT_MAX`] commands
+    /// were unanswered.
+    pub inflight_waits: AtomicU64,
+    /// Peer handshakes refused.
+    pub handshakes_refused: AtomicU64,
+    /// Inbound peer links closed by a frame that could not be read.
+    pub bad_frame_links: AtomicU64,
+}
+
+impl TransportStats {
+    fn bump(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Reads one counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 /// The sending ends of the peer writers' queues.
@@ -138,6 +180,8 @@ pub struct PeerSenders {
     /// Frames the writers discarded because they were queued while the link
     /// was down.
     discarded: Arc<AtomicU64>,
+    /// The transport's counters, shared with its threads.
+    stats: Arc<TransportStats>,
 }
 
 impl PeerSenders {
@@ -176,6 +220,11 @@ impl PeerSenders {
     pub fn discarded(&self) -> u64 {
         self.discarded.load(Ordering::Relaxed)
     }
+
+    /// The transport's counters (connections, refusals, in-flight waits).
+    pub fn stats(&self) -> &TransportStats {
+        &self.stats
+    }
 }
 
 /// Binds the listener (an error names the address), spawns the accept thread
@@ -207,10 +256,11 @@ pub(crate) fn start_on(
         clients_max: cfg.clients_max,
         idle_timeout_ms: cfg.idle_timeout_ms,
         help_lines: cfg.help_lines,
+        cluster_key: cfg.cluster_key,
         events_tx,
         clients: Arc::new(AtomicUsize::new(0)),
         probes: Arc::new(AtomicUsize::new(0)),
-        busy_refusals: AtomicU64::new(0),
+        stats: Arc::new(TransportStats::default()),
         inbound: Mutex::new(BTreeMap::new()),
         inbound_generation: AtomicU64::new(0),
     });
@@ -224,7 +274,8 @@ pub(crate) fn start_on(
         peer::spawn_writer(to, addr.clone(), rx, Arc::clone(&shared), Arc::clone(&discarded))?;
         queues.insert(to, tx);
     }
-    Ok(PeerSenders { queues, dropped: AtomicU64::new(0), discarded })
+    let stats = Arc::clone(&shared.stats);
+    Ok(PeerSenders { queues, dropped: AtomicU64::new(0), discarded, stats })
 }
 
 /// A short digest of the peer list: 16 hex digits of FNV-1a 64 over the
@@ -251,6 +302,8 @@ struct Shared {
     clients_max: usize,
     idle_timeout_ms: u64,
     help_lines: Vec<String>,
+    /// The key peers must prove they know, if the cluster has one.
+    cluster_key: Option<ClusterKey>,
     events_tx: Sender<Event>,
     /// Client connections open, plus connections not yet known to be peers
     /// that were admitted under the limit.
@@ -258,8 +311,8 @@ struct Shared {
     /// Connections admitted over the client limit, waiting to show whether
     /// they are peers ([`listener::PROBES_MAX`] at most).
     probes: Arc<AtomicUsize>,
-    /// Connections answered `ERR BUSY`, for rate-limited logging.
-    busy_refusals: AtomicU64,
+    /// Counters for METRICS (and rate-limited logging).
+    stats: Arc<TransportStats>,
     /// The current inbound link from each peer: (generation, socket).
     inbound: Mutex<BTreeMap<ReplicaId, (u64, TcpStream)>>,
     /// Source of inbound link generations.
@@ -274,6 +327,7 @@ impl Shared {
             peers: &self.peers,
             digest: &self.digest,
             cluster_id: self.cluster_id.load(Ordering::Acquire),
+            key: self.cluster_key.as_ref(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::handshake::{self, HANDSHAKE_BYTES_MAX, HANDSHAKE_MS_MAX};
 use super::input::{Input, LineEnd};
-use super::{should_log, Event, Shared, Slot};
+use super::{should_log, Event, Shared, Slot, TransportStats};
 use crate::protocol::types::ReplicaId;
 use crate::qlog;
 use crate::wire::{self, WireError};
@@ -60,6 +60,9 @@ pub(super) fn serve_inbound(
     let Some(error) = forward_frames(&mut input, from, shared) else {
         return; // The loop is gone.
     };
+    if is_bad_frame(&error) {
+        TransportStats::bump(&shared.stats.bad_frame_links);
+    }
     if unregister(shared, from, generation) {
         qlog!("link from r{from} ({addr}) closed: {error}");
         let _ = shared.events_tx.send(Event::LinkDown(from));
@@ -68,32 +71,29 @@ pub(super) fn serve_inbound(
     }
 }
 
-/// Reads and checks the handshake, answers it, and returns the proven peer
-/// id; on refusal or error logs one line and returns `None`.
+/// Reads and checks the handshake (with the key challenge when the cluster
+/// has a key), answers it, and returns the proven peer id; on refusal or
+/// error logs (rate-limited) and returns `None`. All of it, challenge
+/// included, must finish within [`HANDSHAKE_MS_MAX`].
 fn accept_handshake(
     input: &mut Input<TcpStream>,
     addr: SocketAddr,
     shared: &Shared,
 ) -> Option<ReplicaId> {
     let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_MS_MAX);
-    let mut line = Vec::new();
-    let checked = match handshake::read_hello_line(input, deadline, &mut line) {
-        Ok(LineEnd::Line) => handshake::check_hello(&line, &shared.local()),
-        Ok(LineEnd::TooLong(n)) => Err(handshake::Refusal {
-            reason: format!("handshake line {n} > {HANDSHAKE_BYTES_MAX} bytes"),
-            detail: None,
-        }),
-        Ok(LineEnd::Eof) => {
-            qlog!("peer handshake from {addr}: closed before the line ended");
-            return None;
+    let _ = input.get_ref().set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX)));
+    let checked = match read_handshake_line(input, deadline) {
+        Ok(line) => {
+            let local = shared.local();
+            handshake::check_hello(&line, &local).and_then(|from| match local.key {
+                Some(key) => challenge(input, deadline, key, from, &local).map(|()| from),
+                None => Ok(from),
+            })
         }
-        Err(e) => {
-            qlog!("peer handshake from {addr} dropped: {e}");
-            return None;
-        }
+        Err(Some(refusal)) => Err(refusal),
+        Err(None) => return None,
     };
     let stream = input.get_ref();
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX)));
     match checked {
         Ok(from) => {
             let answer = format!("QKVPEER-OK {}\n", shared.id);
@@ -113,12 +113,59 @@ fn accept_handshake(
             let answer = format!("QKVPEER-REFUSED {}\n", refusal.reason);
             let _ = (&*stream).write_all(answer.as_bytes());
             let _ = stream.shutdown(Shutdown::Both);
-            match refusal.detail {
-                Some(detail) => qlog!("peer {addr} refused: {}; {detail}", refusal.reason),
-                None => qlog!("peer {addr} refused: {}", refusal.reason),
+            // A misconfigured replica redials every 100 ms: log the first
+            // refusal and then every 50th, with the count.
+            let n = TransportStats::bump(&shared.stats.handshakes_refused);
+            if should_log(n) {
+                let detail = refusal.detail.map(|d| format!("; {d}")).unwrap_or_default();
+                qlog!("peer {addr} refused: {}{detail} ({n} refused so far)", refusal.reason);
             }
             None
         }
+    }
+}
+
+/// Reads one handshake line before `deadline`. `Err(None)` when the
+/// connection ended or timed out (logged here: nothing to answer).
+fn read_handshake_line(
+    input: &mut Input<TcpStream>,
+    deadline: Instant,
+) -> Result<Vec<u8>, Option<handshake::Refusal>> {
+    let addr = input.get_ref().peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut line = Vec::new();
+    match handshake::read_hello_line(input, deadline, &mut line) {
+        Ok(LineEnd::Line) => Ok(line),
+        Ok(LineEnd::TooLong(n)) => Err(Some(handshake::Refusal {
+            reason: format!("handshake line {n} > {HANDSHAKE_BYTES_MAX} bytes"),
+            detail: None,
+        })),
+        Ok(LineEnd::Eof) => {
+            qlog!("peer handshake from {addr}: closed before the line ended");
+            Err(None)
+        }
+        Err(e) => {
+            qlog!("peer handshake from {addr} dropped: {e}");
+            Err(None)
+        }
+    }
+}
+
+/// Sends a fresh challenge and checks the proof that comes back.
+fn challenge(
+    input: &mut Input<TcpStream>,
+    deadline: Instant,
+    key: &handshake::ClusterKey,
+    from: ReplicaId,
+    local: &handshake::Local,
+) -> Result<(), handshake::Refusal> {
+    let nonce = handshake::new_nonce();
+    let sent = input.get_ref().write_all(handshake::challenge_line(&nonce).as_bytes());
+    let refusal = |reason: String| handshake::Refusal { reason, detail: None };
+    sent.map_err(|e| refusal(format!("sending the key challenge to r{from}: {e}")))?;
+    match read_handshake_line(input, deadline) {
+        Ok(line) => handshake::check_proof(&line, key, &nonce, from, local),
+        Err(Some(too_long)) => Err(too_long),
+        Err(None) => Err(refusal(format!("r{from} sent no cluster key proof in time"))),
     }
 }
 
@@ -143,6 +190,18 @@ fn forward_frames(
             }
             Ok(env) => shared.events_tx.send(Event::Peer(env)).ok()?,
             Err(e) => return Some(e),
+        }
+    }
+}
+
+/// True when the peer sent bytes that are not a frame (as opposed to the link
+/// ending or failing, as after kill -9 or a partition).
+fn is_bad_frame(error: &WireError) -> bool {
+    match error {
+        WireError::Eof => false,
+        WireError::Io(e) => e.kind() == io::ErrorKind::UnexpectedEof,
+        WireError::TooLarge { .. } | WireError::NewerVersion { .. } | WireError::BadPayload(_) => {
+            true
         }
     }
 }
@@ -194,12 +253,48 @@ pub(super) fn spawn_writer(
     Ok(())
 }
 
+/// How a connected link ended.
+enum LinkEnd {
+    /// The transport is shutting down (or the loop is gone).
+    Stop,
+    /// The link broke; dial again after the backoff.
+    Down,
+    /// The peer reset the link (it restarted): dial again at once and send
+    /// this batch first.
+    Retry(Vec<u8>),
+}
+
+/// Our outbound links only write, so a peer that dies (kill -9) is noticed
+/// only at the next write, which the kernel may still accept. A thread reads
+/// the socket instead: the peer's FIN or RST ends the read, and it shuts the
+/// socket down so the next write fails at once and is retried on a new link.
+/// The thread ends with the socket (the writer shuts it down when done).
+fn watch_for_reset(stream: &TcpStream) {
+    let Ok(mut watched) = stream.try_clone() else { return };
+    // The handshake left a read timeout on the socket; a quiet link is fine.
+    if watched.set_read_timeout(None).is_err() {
+        return;
+    }
+    let _ = thread::Builder::new().name("peer link watch".into()).spawn(move || {
+        let mut byte = [0u8; 64];
+        loop {
+            match io::Read::read(&mut watched, &mut byte) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = watched.shutdown(Shutdown::Both);
+    });
+}
+
 /// How a connected link's pump ended.
 enum PumpEnd {
     /// The queue's sender is gone: the transport is shutting down.
     QueueClosed,
-    /// A write failed or timed out.
-    Failed(io::Error),
+    /// A write failed or timed out; the batch that did not go out.
+    Failed(io::Error, Vec<u8>),
 }
 
 impl Writer {
@@ -209,12 +304,15 @@ impl Writer {
         let (to, addr) = (self.to, self.addr.as_str());
         let mut backoff_ms = BACKOFF_MS_MIN;
         let mut failures = 0u64;
+        // The batch a broken link failed to send: the link is re-dialled at
+        // once and it goes first, so a peer that restarted (its old socket
+        // reset) still gets the message that found the link broken.
+        let mut unsent: Option<Vec<u8>> = None;
         loop {
-            if !self.discard_queued() {
+            if unsent.is_none() && !self.discard_queued() {
                 return;
             }
-            let hello = handshake::hello_line(&self.shared.local());
-            match handshake::dial(addr, to, &hello) {
+            match handshake::dial(addr, to, &self.shared.local()) {
                 Ok(stream) => {
                     match failures {
                         0 => qlog!("link to r{to} ({addr}) up"),
@@ -222,11 +320,17 @@ impl Writer {
                     }
                     failures = 0;
                     backoff_ms = BACKOFF_MS_MIN;
-                    if !self.serve_link(&stream) {
-                        return;
+                    match self.serve_link(&stream, unsent.take()) {
+                        LinkEnd::Stop => return,
+                        LinkEnd::Retry(batch) => {
+                            unsent = Some(batch);
+                            continue;
+                        }
+                        LinkEnd::Down => {}
                     }
                 }
                 Err(e) => {
+                    unsent = None;
                     failures += 1;
                     if should_log(failures) {
                         qlog!("link to r{to} ({addr}) not up: {e} (attempt {failures})");
@@ -241,30 +345,50 @@ impl Writer {
     }
 
     /// Runs one connected link: `LinkUp`, frames, and `LinkDown` when it
-    /// fails. False when the thread should end.
-    fn serve_link(&self, stream: &TcpStream) -> bool {
-        // Frames queued while the handshake ran are stale already.
-        if !self.discard_queued() || self.shared.events_tx.send(Event::LinkUp(self.to)).is_err() {
-            return false;
+    /// fails. `first` is a batch a broken link failed to send.
+    fn serve_link(&self, stream: &TcpStream, first: Option<Vec<u8>>) -> LinkEnd {
+        let retrying = first.is_some();
+        // Frames queued while the handshake ran are stale already (but not a
+        // batch being retried: it was current when the old link broke).
+        if (!retrying && !self.discard_queued())
+            || self.shared.events_tx.send(Event::LinkUp(self.to)).is_err()
+        {
+            return LinkEnd::Stop;
         }
+        watch_for_reset(stream);
         let end = match stream.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_MS_MAX))) {
-            Ok(()) => self.pump(stream),
-            Err(e) => PumpEnd::Failed(e),
+            Ok(()) => self.pump(stream, first.unwrap_or_default()),
+            Err(e) => PumpEnd::Failed(e, Vec::new()),
         };
         let _ = stream.shutdown(Shutdown::Both);
         match end {
-            PumpEnd::QueueClosed => false,
-            PumpEnd::Failed(e) => {
+            PumpEnd::QueueClosed => LinkEnd::Stop,
+            PumpEnd::Failed(e, batch) => {
                 qlog!("link to r{} ({}) down: {e}", self.to, self.addr);
-                self.shared.events_tx.send(Event::LinkDown(self.to)).is_ok()
+                if self.shared.events_tx.send(Event::LinkDown(self.to)).is_err() {
+                    return LinkEnd::Stop;
+                }
+                let reset =
+                    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset);
+                if reset && !retrying && !batch.is_empty() {
+                    LinkEnd::Retry(batch)
+                } else {
+                    LinkEnd::Down
+                }
             }
         }
     }
 
     /// Writes queued frames, gathering everything already queued into one
-    /// write, until a write fails or the queue closes.
-    fn pump(&self, mut stream: &TcpStream) -> PumpEnd {
-        let mut batch = Vec::new();
+    /// write, until a write fails or the queue closes. `batch` starts non-empty
+    /// when a broken link's last batch is being retried.
+    fn pump(&self, mut stream: &TcpStream, mut batch: Vec<u8>) -> PumpEnd {
+        if !batch.is_empty() {
+            if let Err(e) = stream.write_all(&batch) {
+                return PumpEnd::Failed(e, batch);
+            }
+            batch.clear();
+        }
         loop {
             match self.rx.recv() {
                 Ok(frame) => batch.extend_from_slice(&frame),
@@ -277,7 +401,7 @@ impl Writer {
                 }
             }
             if let Err(e) = stream.write_all(&batch) {
-                return PumpEnd::Failed(e);
+                return PumpEnd::Failed(e, batch);
             }
             batch.clear();
         }

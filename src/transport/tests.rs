@@ -34,6 +34,7 @@ fn config(id: u8, peers: &[String], dial: &[(u8, &str)]) -> TransportConfig {
         idle_timeout_ms: 0,
         help_lines: vec!["HELP".into()],
         peer_queue_max: 64,
+        cluster_key: None,
     }
 }
 
@@ -382,4 +383,157 @@ fn peers_digest_is_16_hex_digits_over_the_list() {
     assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
     assert_ne!(a, peers_digest(&["h2:2".into(), "h1:1".into()]));
     assert_eq!(peers_digest(&[]), "cbf29ce484222325");
+}
+
+/// A transport with no peers to dial whose handshakes need `key`.
+fn lone_keyed(key: &[u8]) -> (String, Events, Vec<String>) {
+    let l = listener();
+    let peers = vec![addr_of(&l), "127.0.0.1:1".into(), "127.0.0.1:2".into()];
+    let mut cfg = config(1, &peers, &[]);
+    cfg.cluster_key = Some(ClusterKey::new(key));
+    let (_senders, events) = start_with(l, cfg);
+    (peers[0].clone(), events, peers)
+}
+
+/// Sends a keyed hello as `from` and returns the challenge nonce.
+fn keyed_hello(conn: &mut Conn, from: u8, peers: &[String]) -> [u8; NONCE_BYTES] {
+    let digest = peers_digest(peers);
+    conn.send(format!("QKVPEER 1 {from} {digest} 0 hmac-sha256\n").as_bytes());
+    let challenge = conn.line();
+    let hex = challenge.strip_prefix("QKVPEER-CHALLENGE ").expect("a challenge");
+    assert_eq!(hex.len(), 2 * NONCE_BYTES, "{challenge}");
+    let mut nonce = [0u8; NONCE_BYTES];
+    for (i, byte) in nonce.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    nonce
+}
+
+#[test]
+fn transports_with_the_same_key_link_up() {
+    let (la, lb) = (listener(), listener());
+    let peers = vec![addr_of(&la), addr_of(&lb)];
+    let key = ClusterKey::new(b"a shared key of thirty-two bytes");
+    let mut ca = config(1, &peers, &[(2, &peers[1])]);
+    let mut cb = config(2, &peers, &[(1, &peers[0])]);
+    ca.cluster_key = Some(key.clone());
+    cb.cluster_key = Some(key);
+    let (a, mut a_events) = start_with(la, ca);
+    let (_b, mut b_events) = start_with(lb, cb);
+    a_events.wait_for("LinkUp(2)", |e| matches!(e, Event::LinkUp(ReplicaId(2))));
+    b_events.wait_for("LinkUp(1)", |e| matches!(e, Event::LinkUp(ReplicaId(1))));
+    assert!(a.send(ReplicaId(2), Arc::new(wire::encode(&envelope(1, 0)))));
+    let got = b_events.wait_for("a frame from 1", |e| matches!(e, Event::Peer(_)));
+    assert!(matches!(got, Event::Peer(env) if env == envelope(1, 0)));
+}
+
+#[test]
+fn a_dialer_with_another_key_or_none_never_links() {
+    let (la, lb, lc) = (listener(), listener(), listener());
+    let peers = vec![addr_of(&la), addr_of(&lb), addr_of(&lc)];
+    let mut ca = config(1, &peers, &[]);
+    ca.cluster_key = Some(ClusterKey::new(b"the cluster's key"));
+    let (a, a_events) = start_with(la, ca);
+    let mut cb = config(2, &peers, &[(1, &peers[0])]);
+    cb.cluster_key = Some(ClusterKey::new(b"another key"));
+    let (_b, mut b_events) = start_with(lb, cb);
+    let (_c, mut c_events) = start_with(lc, config(3, &peers, &[(1, &peers[0])]));
+    // Wait until both dialers were refused a few times; none may get through.
+    let deadline = Instant::now() + WAIT;
+    while TransportStats::get(&a.stats().handshakes_refused) < 4 {
+        assert!(Instant::now() < deadline, "the dialers were not refused");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for events in [&mut b_events, &mut c_events] {
+        while let Ok(e) = events.rx.try_recv() {
+            assert!(!matches!(e, Event::LinkUp(_)), "a refused dialer linked up: {e:?}");
+        }
+    }
+    while let Ok(e) = a_events.rx.try_recv() {
+        assert!(!matches!(e, Event::Peer(_)), "a frame got through: {e:?}");
+    }
+}
+
+#[test]
+fn key_proofs_are_checked_and_never_replayable() {
+    let key = ClusterKey::new(b"k3y for the replay test");
+    let (addr, mut events, peers) = lone_keyed(b"k3y for the replay test");
+    let digest = peers_digest(&peers);
+
+    let mut first = Conn::open(&addr);
+    let nonce = keyed_hello(&mut first, 2, &peers);
+    let proof = cluster_key_proof(&key, &nonce, ReplicaId(2), ReplicaId(1), &digest);
+    first.send(format!("QKVPEER-PROOF {proof}\n").as_bytes());
+    assert_eq!(first.line(), "QKVPEER-OK 1");
+    first.send(&wire::encode(&envelope(2, 1)));
+    let got = events.wait_for("a frame from 2", |e| matches!(e, Event::Peer(_)));
+    assert!(matches!(got, Event::Peer(env) if env == envelope(2, 1)));
+
+    // The same proof on a new connection meets a new nonce.
+    let mut replay = Conn::open(&addr);
+    let second = keyed_hello(&mut replay, 2, &peers);
+    assert_ne!(nonce, second, "nonces must not repeat");
+    replay.send(format!("QKVPEER-PROOF {proof}\n").as_bytes());
+    assert!(replay.line().starts_with("QKVPEER-REFUSED cluster key proof from r2 does not match"));
+    replay.expect_eof();
+
+    // A proof under another key, and no proof at all.
+    let mut wrong = Conn::open(&addr);
+    let nonce = keyed_hello(&mut wrong, 3, &peers);
+    let other =
+        cluster_key_proof(&ClusterKey::new(b"x"), &nonce, ReplicaId(3), ReplicaId(1), &digest);
+    wrong.send(format!("QKVPEER-PROOF {other}\n").as_bytes());
+    assert!(wrong.line().contains("does not match"));
+    let mut none = Conn::open(&addr);
+    none.send(format!("QKVPEER 1 3 {digest} 0 -\n").as_bytes());
+    assert!(none.line().contains("requires one (--cluster-key-file)"));
+    none.expect_eof();
+
+    // The accepted link from 2 was not disturbed by any of it.
+    first.send(&wire::encode(&envelope(2, 2)));
+    let got = events.wait_for("another frame from 2", |e| matches!(e, Event::Peer(_)));
+    assert!(matches!(got, Event::Peer(env) if env == envelope(2, 2)));
+}
+
+#[test]
+fn a_silent_dialer_after_the_challenge_is_closed_by_the_deadline() {
+    let (addr, _events, peers) = lone_keyed(b"deadline key");
+    let mut conn = Conn::open(&addr);
+    let started = Instant::now();
+    keyed_hello(&mut conn, 2, &peers);
+    // Generous: the bound under test is the lower one; a loaded machine may
+    // schedule the refusal late, but never early.
+    conn.reader.get_ref().set_read_timeout(Some(WAIT * 4)).unwrap();
+    let answer = conn.line();
+    assert!(answer.starts_with("QKVPEER-REFUSED r2 sent no cluster key proof"), "{answer}");
+    conn.expect_eof();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(HANDSHAKE_MS_MAX - 100), "closed after {took:?}");
+    assert!(took < Duration::from_millis(HANDSHAKE_MS_MAX) + WAIT * 3, "closed after {took:?}");
+}
+
+#[test]
+fn a_client_that_never_reads_gets_at_most_the_inflight_cap_served() {
+    let (addr, mut events, _) = lone(Limits::default(), 8, 0);
+    let mut client = Conn::open(&addr);
+    client.send(&b"STATUS\n".repeat(CLIENT_INFLIGHT_MAX + 500));
+    let (_conn, reply_tx) = events.client_open();
+    let count_requests = |events: &mut Events| {
+        let mut n = 0;
+        while let Ok(e) = events.rx.recv_timeout(Duration::from_millis(300)) {
+            if matches!(e, Event::Client { .. }) {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(count_requests(&mut events), CLIENT_INFLIGHT_MAX);
+    // Ten replies written: ten more requests read.
+    for seq in 0..10 {
+        reply_tx.send((seq, Reply::NotFound)).unwrap();
+    }
+    assert_eq!(count_requests(&mut events), 10);
+    for _ in 0..10 {
+        assert_eq!(client.line(), "NOTFOUND");
+    }
 }

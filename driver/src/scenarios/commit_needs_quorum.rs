@@ -11,7 +11,7 @@
 //! recovered and applied), GET of the refused key answers NOTFOUND through
 //! every replica. The fresh PUT commits once the quorum is back.
 
-use super::{ensure, get_through, kill_and_check, parse_noquorum, put_ok, with_cluster};
+use super::{ensure, get_through, kill_and_check, parse_noquorum, put_ok, put_retry, with_cluster};
 use crate::cluster::{Cluster, ClusterOpts};
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,11 @@ pub fn run(opts: &ClusterOpts) -> Result<(), String> {
 
         // With the quorum back, a fresh write commits; committing it means
         // every earlier slot was recovered and applied, and still no refused key.
+        // A new leader may refuse at first with NOQUORUM until it has heard
+        // from NW replicas at its epoch (NW may exceed the majority that
+        // elected it), and the refusal applies nothing, so retry until OK.
         let (leader, _) = c.wait_for_leader(opts.settle_deadline())?;
-        put_ok(c, leader, "after", "committed")?;
+        put_retry(c, leader, "after", "committed", opts.settle_deadline())?;
         for key in ["before", "after"] {
             get_through(c, &all, key, Some("committed"))?;
         }

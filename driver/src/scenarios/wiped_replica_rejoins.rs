@@ -1,0 +1,92 @@
+//! Setup: 3 replicas (N by default). Write 300 keys; kill -9 one follower and
+//! delete its data directory (a lost disk); write 50 more keys; restart it
+//! with the empty directory; write 20 more while it rejoins.
+//!
+//! Property (DESIGN §6 "Learners"): the wiped replica comes back as a
+//! learner: every STATUS it answers shows `role=learner` (or a `catchup=`
+//! field) until it has caught up, and it never campaigns or counts as a full
+//! member before that; then it is promoted to `role=follower`, its commit
+//! index reaches the leader's, and every acknowledged write reads back
+//! through every replica, the rejoined one included.
+//!
+//! Until the server has learners, a blank directory that meets a formed
+//! cluster waits without joining, so this scenario fails, naming the STATUS
+//! the replica showed.
+
+use super::{check_acked, commit_of, ensure, kill_and_check, wait_converged, with_cluster};
+use crate::cluster::{ClusterOpts, Status};
+use std::time::{Duration, Instant};
+
+/// Runs the scenario.
+pub fn run(opts: &ClusterOpts) -> Result<(), String> {
+    with_cluster(opts, |c| {
+        let all: Vec<usize> = c.ids().collect();
+        let (leader, _) = c.wait_for_leader(opts.settle_deadline())?;
+        let follower = *all.iter().find(|&&id| id != leader).expect("N >= 2");
+        let mut acked = Vec::new();
+        let mut write = |c: &crate::cluster::Cluster, range: std::ops::Range<usize>| {
+            let mut client = c.client(leader)?;
+            for i in range {
+                let (key, value) = (format!("wiped-{i}"), format!("value {i}"));
+                client.put(&key, &value).map_err(|e| format!("PUT {key} via {leader}: {e}"))?;
+                acked.push((key, value));
+            }
+            Ok::<(), String>(())
+        };
+        write(c, 0..300)?;
+        kill_and_check(c, follower)?;
+        c.wipe(follower)?;
+        ensure!(
+            !c.data_dir(follower).exists(),
+            "data dir of {follower} still exists after the wipe"
+        );
+        write(c, 300..350)?;
+
+        let first = c.restart_with_status(follower)?;
+        let mut seen = vec![first];
+        write(c, 350..370)?;
+        let deadline = Instant::now() + opts.settle_timeout();
+        loop {
+            let last = seen.last().expect("one status at least");
+            let learning = last.role() == "learner" || last.get("catchup").is_some();
+            if !learning {
+                let target = commit_of(c, leader)?;
+                let have = last.get("commit").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                ensure!(
+                    last.role() == "follower" && have >= target,
+                    "the wiped replica {follower} showed neither role=learner nor catchup= before it caught up \
+                     (commit {have} < leader's {target}): {}\nits STATUS history:\n{}",
+                    last.raw,
+                    history(&seen)
+                );
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the wiped replica {follower} is still learning after {:?}: {}",
+                opts.settle_timeout(),
+                last.raw
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            seen.push(c.status(follower)?);
+        }
+        ensure!(
+            seen.iter().any(|s| s.role() == "learner" || s.get("catchup").is_some()),
+            "the wiped replica {follower} was never seen learning: {}",
+            history(&seen)
+        );
+        wait_converged(c, leader, &all, opts.settle_deadline())?;
+        check_acked(c, &all, &acked)
+    })
+}
+
+/// The distinct STATUS lines seen, in order.
+fn history(seen: &[Status]) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for s in seen {
+        if lines.last() != Some(&s.raw.as_str()) {
+            lines.push(&s.raw);
+        }
+    }
+    lines.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
