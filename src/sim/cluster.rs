@@ -555,6 +555,9 @@ impl SimCluster {
             })
             .collect();
         let persist_check = self.checker.check_persists(replica, commit_before, &ops);
+        // The state checks run before the outputs go out: a replica killed
+        // while sending may already have told others what it committed.
+        let step_check = self.checker.after_step(replica, node.life);
         for op in &ops {
             self.trace.push(|| format!("        persist {}", fmt::persist(op)));
         }
@@ -576,7 +579,7 @@ impl SimCluster {
         let result = node.exec.execute(&mut out, &mut node.disk, &mut wire);
         let done = wire.done();
         self.batches += 1;
-        if let Err(e) = persist_check {
+        if let Err(e) = persist_check.and(step_check) {
             self.fail(e);
         }
         let power_cut = result.is_err().then(|| power_cut.unwrap_or(0));
@@ -652,11 +655,10 @@ impl SimCluster {
         self.nodes[i].replica.is_some()
     }
 
+    /// Now and then, a full pass of the log checker over every replica.
     fn check_after(&mut self, i: usize) {
-        let node = &self.nodes[i];
-        let Some(r) = node.replica.as_ref() else { return };
-        if let Err(e) = self.checker.after_step(r, node.life) {
-            self.fail(e);
+        if self.nodes[i].replica.is_none() {
+            return;
         }
         if self.batches.is_multiple_of(FULL_CHECK_EVERY_BATCHES) {
             for node in &self.nodes {
