@@ -2,7 +2,7 @@
 //! scripts and STATUS-like summaries (DESIGN §7). Nothing here changes state,
 //! so a checker can call any of it after any step without disturbing the run.
 
-use super::types::{Entry, EntryId, Epoch, Formation, Incarnation, LogIndex, ReplicaId};
+use super::types::{Entry, Epoch, LogIndex};
 use super::{Campaign, Replica, Role};
 use std::collections::BTreeMap;
 
@@ -31,16 +31,6 @@ impl Replica {
         }
     }
 
-    /// The leader a follower follows, with its epoch (None while it knows none).
-    pub fn followed_leader(&self) -> Option<(ReplicaId, Epoch)> {
-        self.leader
-    }
-
-    /// The highest epoch seen in any message.
-    pub fn known_epoch(&self) -> Epoch {
-        self.known_epoch
-    }
-
     /// The applied index: slots up to it are in the store.
     pub fn applied_index(&self) -> LogIndex {
         self.applied
@@ -56,35 +46,9 @@ impl Replica {
         &self.log
     }
 
-    /// Slots above the commit index known to be chosen, with the chosen entry id.
-    pub fn known_chosen(&self) -> &BTreeMap<LogIndex, EntryId> {
-        &self.chosen
-    }
-
     /// The index of the snapshot the log builds on (0 = none): slots at or
     /// below it are applied but no longer held.
     pub fn snapshot_index(&self) -> LogIndex {
         self.snapshot_index
-    }
-
-    /// This data directory's incarnation.
-    pub fn incarnation(&self) -> Incarnation {
-        self.incarnation
-    }
-
-    /// The formation state.
-    pub fn formation(&self) -> Formation {
-        self.formation
-    }
-
-    /// Client requests this replica still owes an answer: writes waiting for a
-    /// leader, forwards, quorum reads, and a leader's proposed, queued and
-    /// read-index requests (remote ones included).
-    pub fn pending_requests(&self) -> usize {
-        let mut n = self.awaiting_leader.len() + self.forwards.len() + self.reads.len();
-        if let Role::Leader(l) = &self.role {
-            n += l.waiters.len() + l.queued.len() + l.read_index.len();
-        }
-        n
     }
 }

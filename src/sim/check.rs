@@ -39,11 +39,6 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// The slots committed so far, with their entry ids.
-    pub fn chosen(&self) -> impl Iterator<Item = (LogIndex, EntryId)> + '_ {
-        self.chosen.iter().map(|(i, (id, _, _))| (*i, *id))
-    }
-
     /// The chosen command of every slot up to `to`; Err if one was never seen.
     pub fn chosen_commands(&self, to: LogIndex) -> Result<BTreeMap<LogIndex, Command>, String> {
         let mut log = BTreeMap::new();

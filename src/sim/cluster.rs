@@ -374,11 +374,6 @@ impl SimCluster {
         self.nodes[self.idx(id)].paused
     }
 
-    /// The process life of `id` (restarts so far).
-    pub fn life(&self, id: ReplicaId) -> u32 {
-        self.nodes[self.idx(id)].life
-    }
-
     /// Sets how often `id` ticks (a slow or busy process ticks late).
     pub fn set_tick_ms(&mut self, id: ReplicaId, tick_ms: u64) {
         let i = self.idx(id);
@@ -715,6 +710,14 @@ impl SimCluster {
             self.nodes[i].armed = Some(point);
             self.note(|| format!("r{id} armed to crash: {point:?}"));
         }
+    }
+
+    /// True when every replica's formation is complete (on disk, for one that is down).
+    pub fn all_formed(&self) -> bool {
+        self.nodes.iter().all(|n| match &n.replica {
+            Some(r) => r.is_formed(),
+            None => n.disk.recover().is_ok_and(|d| matches!(d.formation, Formation::Complete(_))),
+        })
     }
 
     /// Cancels an armed crash of `id`.

@@ -176,11 +176,6 @@ impl SimDisk {
         done
     }
 
-    /// True while a sync or a snapshot save is running.
-    pub fn is_busy(&self) -> bool {
-        !self.syncing.is_empty() || !self.saving.is_empty()
-    }
-
     /// Ops written but not yet durable.
     pub fn unsynced_len(&self) -> usize {
         self.unsynced.len()

@@ -116,11 +116,6 @@ impl SimNetwork {
         std::mem::take(&mut self.cut).into_iter().collect()
     }
 
-    /// The links currently cut.
-    pub fn cuts(&self) -> Vec<(ReplicaId, ReplicaId)> {
-        self.cut.iter().copied().collect()
-    }
-
     /// Puts one envelope on the wire to `to`. Returns false when it was lost at
     /// once (a cut link or a random drop).
     pub fn send(&mut self, now: Millis, to: ReplicaId, env: &Envelope) -> bool {
@@ -202,11 +197,6 @@ impl SimNetwork {
         let kept: Vec<Msg> = msgs.into_iter().filter(|m| !self.is_cut(m.from, m.to)).collect();
         self.stats.cut += (before - kept.len()) as u64;
         kept
-    }
-
-    /// Messages in flight.
-    pub fn in_flight(&self) -> usize {
-        self.queue.len()
     }
 
     /// True when `msg` may still reach its receiver's current life.
