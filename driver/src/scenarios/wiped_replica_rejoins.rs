@@ -83,8 +83,13 @@ pub fn run(opts: &ClusterOpts) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(20));
             seen.push(c.status(follower)?);
         }
+        // A small store is caught up in milliseconds, faster than STATUS is
+        // polled; the replica's own log records each step of the learner
+        // protocol, so either is evidence that it rejoined as a learner.
+        let log = std::fs::read_to_string(c.log_path(follower)).unwrap_or_default();
+        let logged = log.contains("rejoining as a learner") && log.contains("full member again");
         ensure!(
-            seen.iter().any(|s| s.role() == "learner" || s.get("catchup").is_some()),
+            logged || seen.iter().any(|s| s.role() == "learner" || s.get("catchup").is_some()),
             "the wiped replica {follower} was never seen learning: {}",
             history(&seen)
         );
