@@ -45,16 +45,8 @@ pub(super) fn serve_inbound(
 ) {
     let handshake = accept_handshake(&mut input, addr, shared);
     drop(slot);
-    let Some(from) = handshake else {
+    let Some((from, generation)) = handshake else {
         return;
-    };
-    let registered = input.get_ref().try_clone().map(|clone| register(shared, from, clone));
-    let generation = match registered {
-        Ok(generation) => generation,
-        Err(e) => {
-            qlog!("link from r{from} ({addr}) dropped: {e}");
-            return;
-        }
     };
     qlog!("link from r{from} ({addr}) accepted");
     let Some(error) = forward_frames(&mut input, from, shared) else {
@@ -79,7 +71,7 @@ fn accept_handshake(
     input: &mut Input<TcpStream>,
     addr: SocketAddr,
     shared: &Shared,
-) -> Option<ReplicaId> {
+) -> Option<(ReplicaId, u64)> {
     let deadline = Instant::now() + Duration::from_millis(HANDSHAKE_MS_MAX);
     let _ = input.get_ref().set_write_timeout(Some(Duration::from_millis(HANDSHAKE_MS_MAX)));
     let checked = match read_handshake_line(input, deadline) {
@@ -96,14 +88,25 @@ fn accept_handshake(
     let stream = input.get_ref();
     match checked {
         Ok(from) => {
+            // Registered before the answer: a peer's links replace each other
+            // in the order they were accepted, so an older link that is slow
+            // to finish its handshake can never shut a newer one down.
+            let generation = match stream.try_clone() {
+                Ok(clone) => register(shared, from, clone),
+                Err(e) => {
+                    qlog!("link from r{from} ({addr}) dropped: {e}");
+                    return None;
+                }
+            };
             let answer = format!("QKVPEER-OK {}\n", shared.id);
             let ready = (&*stream).write_all(answer.as_bytes()).and_then(|()| {
                 // Inbound links only receive; a quiet peer is not a dead one.
                 stream.set_read_timeout(None)
             });
             match ready {
-                Ok(()) => Some(from),
+                Ok(()) => Some((from, generation)),
                 Err(e) => {
+                    unregister(shared, from, generation);
                     qlog!("peer handshake from r{from} ({addr}) failed: {e}");
                     None
                 }
