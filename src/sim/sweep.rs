@@ -4,7 +4,7 @@
 //!
 //! - `SIM_SEED=n cargo test --release sim`: replays seed n, prints its trace.
 //! - `SIM_SEEDS=n`: runs n seeds (from `SIM_SEED_FIRST`, default 0).
-//! - `SIM_WIPES_PER_RUN=n`: allows n disk wipes per seed (default 0; see `runner::wipes_per_run`).
+//! - `SIM_WIPES_PER_RUN=n`: allows n disk wipes per seed (default 1; see `runner::wipes_per_run`).
 //!
 //! A failing seed prints `reproduce: SIM_SEED=n cargo test --release sim` and
 //! the last lines of its trace (the seed is re-run with tracing on: a seed is
