@@ -93,19 +93,7 @@ impl Json {
 
 /// A JSON string literal with the escapes RFC 8259 requires.
 fn write_str(out: &mut String, s: &str) -> fmt::Result {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    out.push_str(&crate::history::json_string(s));
     Ok(())
 }
 

@@ -366,14 +366,7 @@ impl Report {
         for i in 0..=4 {
             let v = scale_max * f64::from(i) / 4.0;
             let y = plot_bottom - (plot_bottom - plot_top) * v / scale_max;
-            let _ = writeln!(
-                s,
-                "<line x1=\"{left}\" x2=\"{right}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                left - 6.0,
-                y + 4.0,
-                short_number(v)
-            );
+            grid_line(s, left, right, y, v);
         }
         let slot = (right - left) / bars.len() as f64;
         for (i, (name, v, color)) in bars.iter().enumerate() {
@@ -441,14 +434,7 @@ impl Report {
         for d in lo as i32..=hi as i32 {
             let v = 10f64.powi(d);
             let y = y_of(v);
-            let _ = writeln!(
-                s,
-                "<line x1=\"{left}\" x2=\"{right}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
-                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                left - 6.0,
-                y + 4.0,
-                short_number(v)
-            );
+            grid_line(s, left, right, y, v);
         }
         let slot = (right - left) / groups.len() as f64;
         for (g, (name, summary)) in groups.iter().enumerate() {
@@ -554,6 +540,18 @@ fn short_number(v: f64) -> String {
 /// Escapes text for SVG.
 fn xml(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// One horizontal grid line of a chart at height `y`, labelled `v` on the left.
+fn grid_line(s: &mut String, left: f64, right: f64, y: f64, v: f64) {
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" x2=\"{right}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+        left - 6.0,
+        y + 4.0,
+        short_number(v)
+    );
 }
 
 #[cfg(test)]
