@@ -11,10 +11,6 @@
 //! included. (Before it has met any peer it cannot know the cluster is
 //! formed; it may then show `cluster=blank leader=none epoch=0 commit=0`
 //! under any role, and that inert state is accepted.)
-//!
-//! Until the server has learners, a blank directory that meets a formed
-//! cluster waits without joining, so this scenario fails, naming the STATUS
-//! the replica showed.
 
 use super::{check_acked, ensure, kill_and_check, wait_converged, with_cluster};
 use crate::cluster::{ClusterOpts, Status};
