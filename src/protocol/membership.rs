@@ -7,13 +7,22 @@
 //! Learners. A directory that starts blank in a formed cluster (wiped, or
 //! replaced) must never count as the replica it replaces: it may have
 //! forgotten promises and votes. It writes a durable learner mark first, then:
-//! 1. *Join*: asks every replica what it records for its id, and picks a new
+//! 1. *Join*: asks every replica for its incarnation table and picks a new
 //!    incarnation counter one above the highest a majority of N full members
-//!    report (persisted before anyone hears of it).
+//!    record for its id (persisted before anyone hears of it). It merges the
+//!    tables it hears (by counter, as storage replays them), here and in step
+//!    2: its own table was wiped, and once promoted it must tell the next
+//!    learner the counter to beat and must not take a wiped replica's old
+//!    incarnation for a current one.
 //! 2. *Register*: a majority of N full members other than itself durably record
 //!    the new incarnation (from then on they ignore the old one, and a leader
 //!    drops the old incarnation's votes on slots not yet chosen) and report
-//!    their promised epochs; it adopts the highest as its own promise.
+//!    their promised epochs, naming the incarnation they confirm; it adopts
+//!    the highest epoch as its own promise. A member that records another
+//!    incarnation of its id with the same or a higher counter (an earlier
+//!    try that only a minority recorded) refuses, naming it; the learner
+//!    then picks a counter above it and registers again, in any phase while
+//!    it is still a learner.
 //! 3. *Catch up*: the first heartbeat from a leader that finished recovery in an
 //!    epoch at or above the adopted one names a last index L; once its commit
 //!    index reaches L it holds every slot the old incarnation may have voted
@@ -204,13 +213,13 @@ impl Replica {
         }
     }
 
-    /// A full member answers a learner's Join with what it records for its id.
+    /// A full member answers a learner's Join with its whole incarnation table.
     pub(super) fn on_join(&mut self, from: ReplicaId, out: &mut Vec<Output>) {
         if self.learner || !self.is_formed() {
             return;
         }
-        let recorded = self.incarnations.get(&from).copied();
-        self.send(vec![from], PeerMsg::JoinInfo { recorded }, out);
+        let msg = PeerMsg::JoinInfo { incarnations: self.incarnations.clone() };
+        self.send(vec![from], msg, out);
     }
 
     pub(super) fn on_join_info(
@@ -218,7 +227,7 @@ impl Replica {
         now: Millis,
         from: ReplicaId,
         from_learner: bool,
-        recorded: Option<Incarnation>,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
         out: &mut Vec<Output>,
     ) {
         let majority = quorum::majority(self.cfg.n);
@@ -226,12 +235,23 @@ impl Replica {
         if from_learner {
             return;
         }
-        answers.insert(from, recorded);
-        if answers.len() < majority {
-            return;
-        }
+        answers.insert(from, incarnations.get(&self.cfg.id).copied());
         let highest = answers.values().flatten().map(|i| i.counter).max().unwrap_or(0);
-        let counter = highest.max(self.incarnation.counter) + 1;
+        let enough = answers.len() >= majority;
+        // A member that was itself wiped knows only what it heard since: the
+        // tables of a majority together hold every incarnation a majority
+        // recorded, so a promoted learner can tell the next one the counter to beat.
+        self.merge_incarnations(&incarnations, out);
+        if enough {
+            self.pick_incarnation(now, highest, out);
+        }
+    }
+
+    /// Picks a new incarnation with a counter above `floor` (and above our
+    /// current one), durably before anyone hears of it, and (re)starts
+    /// registering it.
+    fn pick_incarnation(&mut self, now: Millis, floor: u64, out: &mut Vec<Output>) {
+        let counter = floor.max(self.incarnation.counter) + 1;
         self.incarnation = Incarnation { counter, nonce: self.rng.random() };
         self.incarnations.insert(self.cfg.id, self.incarnation);
         out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
@@ -240,22 +260,95 @@ impl Replica {
         self.tick_learning(now, out);
     }
 
+    /// Merges a peer's incarnation table into ours by the rule storage replays
+    /// it with (`Durable::apply`: a higher counter replaces, nothing moves
+    /// back) and persists the entries that changed. Our own entry is ours.
+    fn merge_incarnations(
+        &mut self,
+        table: &BTreeMap<ReplicaId, Incarnation>,
+        out: &mut Vec<Output>,
+    ) {
+        let mut changed = BTreeMap::new();
+        for (id, inc) in table {
+            if *id == self.cfg.id || !self.peers.contains_key(id) {
+                continue;
+            }
+            if self.incarnations.get(id).is_none_or(|known| inc.counter > known.counter) {
+                self.incarnations.insert(*id, *inc);
+                changed.insert(*id, *inc);
+            }
+        }
+        if !changed.is_empty() {
+            out.push(Output::Persist(Persist::Incarnations(changed)));
+        }
+    }
+
     /// A full member records a learner's new incarnation durably, then answers
-    /// with its promised epoch (the executor syncs before it sends).
+    /// with the incarnation it confirms, its promised epoch and its table (the
+    /// executor syncs before it sends). An incarnation that does not beat what
+    /// it records gets a refusal naming the record.
     pub(super) fn on_register(&mut self, from: ReplicaId, inc: Incarnation, out: &mut Vec<Output>) {
         if self.learner || !self.is_formed() {
             return;
         }
-        let known = self.incarnations.get(&from).copied();
-        if known.is_none_or(|k| inc.counter > k.counter) {
-            self.incarnations.insert(from, inc);
-            out.push(Output::Persist(Persist::Incarnations(BTreeMap::from([(from, inc)]))));
-            crate::qlog!("recorded new incarnation {inc} of replica {from}");
-            self.forget_votes_of(from);
-        } else if known != Some(inc) {
+        match self.incarnations.get(&from).copied() {
+            Some(known) if known == inc => {}
+            Some(known) if inc.counter <= known.counter => {
+                self.send(vec![from], PeerMsg::RegisterRefused { recorded: known }, out);
+                return;
+            }
+            _ => {
+                self.incarnations.insert(from, inc);
+                out.push(Output::Persist(Persist::Incarnations(BTreeMap::from([(from, inc)]))));
+                crate::qlog!("recorded new incarnation {inc} of replica {from}");
+                self.forget_votes_of(from);
+            }
+        }
+        let msg = PeerMsg::Registered {
+            incarnation: inc,
+            promised: self.promise,
+            incarnations: self.incarnations.clone(),
+        };
+        self.send(vec![from], msg, out);
+    }
+
+    /// A Register from an incarnation our table already beats (screened out
+    /// as stale before it reaches `on_register`): name the record, so the
+    /// learner picks a counter above it instead of asking in vain.
+    pub(super) fn refuse_stale_register(&mut self, from: ReplicaId, out: &mut Vec<Output>) {
+        if self.learner || !self.is_formed() {
             return;
         }
-        self.send(vec![from], PeerMsg::Registered { promised: self.promise }, out);
+        if let Some(recorded) = self.incarnations.get(&from).copied() {
+            self.send(vec![from], PeerMsg::RegisterRefused { recorded }, out);
+        }
+    }
+
+    /// A full member records another incarnation of our id at or above our
+    /// counter (an earlier directory, or an earlier try of ours that only a
+    /// minority recorded): pick a counter above it and register again. Safe
+    /// while still a learner, whatever the phase: we have voted for nothing.
+    pub(super) fn on_register_refused(
+        &mut self,
+        now: Millis,
+        from_learner: bool,
+        recorded: Incarnation,
+        out: &mut Vec<Output>,
+    ) {
+        let mine = self.incarnation;
+        let beats = recorded.counter > mine.counter
+            || (recorded.counter == mine.counter && recorded.nonce != mine.nonce);
+        let registering = matches!(
+            self.learning,
+            Some(Learning::Registering { .. } | Learning::CatchingUp { .. })
+        );
+        if from_learner || !beats || !registering {
+            return;
+        }
+        crate::qlog!(
+            "learner: incarnation {mine} refused, a member records {recorded}; picking a higher one"
+        );
+        self.pick_incarnation(now, recorded.counter, out);
     }
 
     /// A leader drops the votes a replica's old incarnation cast on slots not
@@ -268,24 +361,31 @@ impl Replica {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_registered(
         &mut self,
         now: Millis,
         from: ReplicaId,
         from_learner: bool,
+        confirmed: Incarnation,
         promised: Epoch,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
         out: &mut Vec<Output>,
     ) {
         let majority = quorum::majority(self.cfg.n);
+        let mine = self.incarnation;
         let Some(Learning::Registering { answers, .. }) = &mut self.learning else { return };
-        if from_learner {
+        // A late answer for an incarnation we have since replaced confirms nothing.
+        if from_learner || confirmed != mine {
             return;
         }
         answers.insert(from, promised);
-        if answers.len() < majority {
+        let enough = answers.len() >= majority;
+        let adopted = answers.values().copied().max().unwrap_or_default().max(self.promise);
+        self.merge_incarnations(&incarnations, out);
+        if !enough {
             return;
         }
-        let adopted = answers.values().copied().max().unwrap_or_default().max(self.promise);
         if adopted > self.promise {
             self.persist_promise(adopted, None, out);
         }

@@ -112,12 +112,25 @@ pub enum PeerMsg {
     /// A learner asks what every replica records for its id (answered from any
     /// incarnation, so a wiped replica learns the counter to beat).
     Join,
-    /// A full member's answer to Join: its table entry for the learner's id.
-    JoinInfo { recorded: Option<Incarnation> },
+    /// A full member's answer to Join: its whole incarnation table. The
+    /// learner's own entry is the counter to beat; the learner merges the
+    /// rest, so a replica whose table was wiped with its disk learns again
+    /// what a majority records.
+    JoinInfo { incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// A learner asks every replica to record its new incarnation (in the envelope).
     Register,
-    /// Recorded durably; `promised` is the member's promised epoch.
-    Registered { promised: Epoch },
+    /// Recorded durably: `incarnation` is the learner incarnation this
+    /// confirms (a late answer for an earlier one must not count),
+    /// `promised` the member's promised epoch, `incarnations` its whole table.
+    Registered {
+        incarnation: Incarnation,
+        promised: Epoch,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
+    },
+    /// A full member will not record the learner's incarnation: it records
+    /// `recorded` for that id, with the same counter and another nonce, or a
+    /// higher counter. The learner picks a counter above it.
+    RegisterRefused { recorded: Incarnation },
     /// Formation: the highest id proposes the cluster id and every incarnation.
     Form { cluster_id: u64, incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// Formation: recorded durably.
@@ -153,6 +166,7 @@ impl PeerMsg {
             PeerMsg::JoinInfo { .. } => "join_info",
             PeerMsg::Register => "register",
             PeerMsg::Registered { .. } => "registered",
+            PeerMsg::RegisterRefused { .. } => "register_refused",
             PeerMsg::Form { .. } => "form",
             PeerMsg::FormAck { .. } => "form_ack",
             PeerMsg::Formed { .. } => "formed",

@@ -474,6 +474,9 @@ impl Replica {
             return;
         }
         if self.is_stale_incarnation(from, env.incarnation) {
+            if matches!(env.msg, PeerMsg::Register) {
+                self.refuse_stale_register(from, out);
+            }
             self.stats.dropped_messages += 1;
             return;
         }
@@ -555,12 +558,15 @@ impl Replica {
                 self.on_snapshot_req(now, from, index, after, out)
             }
             PeerMsg::Join => self.on_join(from, out),
-            PeerMsg::JoinInfo { recorded } => {
-                self.on_join_info(now, from, env.learner, recorded, out)
+            PeerMsg::JoinInfo { incarnations } => {
+                self.on_join_info(now, from, env.learner, incarnations, out)
             }
             PeerMsg::Register => self.on_register(from, inc, out),
-            PeerMsg::Registered { promised } => {
-                self.on_registered(now, from, env.learner, promised, out)
+            PeerMsg::Registered { incarnation, promised, incarnations } => {
+                self.on_registered(now, from, env.learner, incarnation, promised, incarnations, out)
+            }
+            PeerMsg::RegisterRefused { recorded } => {
+                self.on_register_refused(now, env.learner, recorded, out)
             }
             msg @ (PeerMsg::Form { .. } | PeerMsg::FormAck { .. } | PeerMsg::Formed { .. }) => {
                 self.on_formation_msg(now, from, msg, out)
