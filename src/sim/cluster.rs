@@ -722,6 +722,13 @@ impl SimCluster {
         })
     }
 
+    /// True when `id`'s disk durably holds a formed full member (no learner
+    /// mark): what it would come back as from a crash now.
+    pub fn is_durable_full_member(&self, id: ReplicaId) -> bool {
+        let disk = &self.nodes[self.idx(id)].disk;
+        disk.recover().is_ok_and(|d| matches!(d.formation, Formation::Complete(_)) && !d.learner)
+    }
+
     /// Cancels an armed crash of `id`.
     pub fn disarm(&mut self, id: ReplicaId) {
         let i = self.idx(id);

@@ -425,11 +425,11 @@ impl SeedRun {
     }
 
     /// Replicas whose disk was wiped and that are not full members again yet.
+    /// Promotion counts once it is durable: a promoted learner whose cleared
+    /// mark was not yet synced comes back from a crash as a learner.
     fn lost_disks(&mut self) -> usize {
         let c = &self.cluster;
-        self.wiped.retain(|id| {
-            !c.replica(*id).is_some_and(|r| r.is_formed() && r.role_name() != "learner")
-        });
+        self.wiped.retain(|id| !c.is_durable_full_member(*id));
         self.wiped.len()
     }
 
