@@ -164,11 +164,13 @@ enum Campaign {
     Bully { deadline: Millis },
     /// A higher id answered ALIVE; waiting for its COORDINATOR until `deadline`.
     AwaitCoordinator { deadline: Millis },
-    /// Bully winner: sent COORDINATOR(epoch); collecting promises.
+    /// Bully winner: sent COORDINATOR(epoch); collecting promises. COORDINATOR
+    /// goes again at `resend_at` to every peer that has not promised yet.
     Promises {
         epoch: Epoch,
         promises: BTreeMap<ReplicaId, election::PromiseInfo>,
         deadline: Millis,
+        resend_at: Millis,
     },
 }
 
