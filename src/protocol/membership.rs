@@ -20,9 +20,11 @@
 //!    their promised epochs, naming the incarnation they confirm; it adopts
 //!    the highest epoch as its own promise. A member that records another
 //!    incarnation of its id with the same or a higher counter (an earlier
-//!    try that only a minority recorded) refuses, naming it; the learner
-//!    then picks a counter above it and registers again, in any phase while
-//!    it is still a learner.
+//!    try that only a minority recorded) answers Superseded, naming it; the
+//!    learner then picks a counter above it and registers again, in any
+//!    phase while it is still a learner. A member sends the same notice for
+//!    any message it drops as stale, so a replica promoted before the notice
+//!    reached it moves to a higher counter too (as a full member).
 //! 3. *Catch up*: the first heartbeat from a leader that finished recovery in an
 //!    epoch at or above the adopted one names a last index L; once its commit
 //!    index reaches L it holds every slot the old incarnation may have voted
@@ -285,8 +287,7 @@ impl Replica {
 
     /// A full member records a learner's new incarnation durably, then answers
     /// with the incarnation it confirms, its promised epoch and its table (the
-    /// executor syncs before it sends). An incarnation that does not beat what
-    /// it records gets a refusal naming the record.
+    /// executor syncs before it sends).
     pub(super) fn on_register(&mut self, from: ReplicaId, inc: Incarnation, out: &mut Vec<Output>) {
         if self.learner || !self.is_formed() {
             return;
@@ -294,7 +295,8 @@ impl Replica {
         match self.incarnations.get(&from).copied() {
             Some(known) if known == inc => {}
             Some(known) if inc.counter <= known.counter => {
-                self.send(vec![from], PeerMsg::RegisterRefused { recorded: known }, out);
+                // Screened out as stale before it gets here; answered all the same.
+                self.send(vec![from], PeerMsg::Superseded { recorded: known }, out);
                 return;
             }
             _ => {
@@ -312,23 +314,38 @@ impl Replica {
         self.send(vec![from], msg, out);
     }
 
-    /// A Register from an incarnation our table already beats (screened out
-    /// as stale before it reaches `on_register`): name the record, so the
-    /// learner picks a counter above it instead of asking in vain.
-    pub(super) fn refuse_stale_register(&mut self, from: ReplicaId, out: &mut Vec<Output>) {
+    /// A message from `from` was dropped because our table beats its
+    /// incarnation: name the record (at most once per heartbeat interval), so
+    /// that the replica, if it is the current directory of that id, picks a
+    /// counter above it instead of talking to us in vain.
+    pub(super) fn notice_superseded(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        out: &mut Vec<Output>,
+    ) {
         if self.learner || !self.is_formed() {
             return;
         }
-        if let Some(recorded) = self.incarnations.get(&from).copied() {
-            self.send(vec![from], PeerMsg::RegisterRefused { recorded }, out);
+        let Some(recorded) = self.incarnations.get(&from).copied() else { return };
+        let gap_ms = self.cfg.heartbeat_ms.max(1);
+        if self.superseded_sent.get(&from).is_some_and(|at| now.since(*at) < gap_ms) {
+            return;
         }
+        self.superseded_sent.insert(from, now);
+        self.send(vec![from], PeerMsg::Superseded { recorded }, out);
     }
 
-    /// A full member records another incarnation of our id at or above our
-    /// counter (an earlier directory, or an earlier try of ours that only a
-    /// minority recorded): pick a counter above it and register again. Safe
-    /// while still a learner, whatever the phase: we have voted for nothing.
-    pub(super) fn on_register_refused(
+    /// A full member records another incarnation of our id with our counter
+    /// or a higher one, and drops our messages: an earlier directory's, or an
+    /// earlier try of ours that only a minority recorded (a wipe can make a
+    /// majority forget it). Pick a counter above it and register it. A
+    /// learner does so in any phase after Join: it has voted for nothing. A
+    /// full member keeps its state, which is the same directory's, so the
+    /// new counter only costs the votes and promises of the old one, which
+    /// leaders and winners discard; it stops leading or campaigning first,
+    /// since its followers promised the old incarnation.
+    pub(super) fn on_superseded(
         &mut self,
         now: Millis,
         from_learner: bool,
@@ -338,17 +355,34 @@ impl Replica {
         let mine = self.incarnation;
         let beats = recorded.counter > mine.counter
             || (recorded.counter == mine.counter && recorded.nonce != mine.nonce);
-        let registering = matches!(
-            self.learning,
-            Some(Learning::Registering { .. } | Learning::CatchingUp { .. })
-        );
-        if from_learner || !beats || !registering {
+        if from_learner || !beats || !self.is_formed() {
             return;
         }
+        if self.learner {
+            let registering = matches!(
+                self.learning,
+                Some(Learning::Registering { .. } | Learning::CatchingUp { .. })
+            );
+            if registering {
+                crate::qlog!(
+                    "learner: incarnation {mine} superseded by a recorded {recorded}; picking a higher one"
+                );
+                self.pick_incarnation(now, recorded.counter, out);
+            }
+            return;
+        }
+        if !matches!(self.role, Role::Follower) {
+            self.step_down(now, out);
+        }
+        let counter = recorded.counter.max(mine.counter) + 1;
+        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
+        self.incarnations.insert(self.cfg.id, self.incarnation);
+        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
         crate::qlog!(
-            "learner: incarnation {mine} refused, a member records {recorded}; picking a higher one"
+            "incarnation {mine} superseded by a recorded {recorded}; registering {}",
+            self.incarnation
         );
-        self.pick_incarnation(now, recorded.counter, out);
+        self.send(self.others(), PeerMsg::Register, out);
     }
 
     /// A leader drops the votes a replica's old incarnation cast on slots not

@@ -127,10 +127,14 @@ pub enum PeerMsg {
         promised: Epoch,
         incarnations: BTreeMap<ReplicaId, Incarnation>,
     },
-    /// A full member will not record the learner's incarnation: it records
-    /// `recorded` for that id, with the same counter and another nonce, or a
-    /// higher counter. The learner picks a counter above it.
-    RegisterRefused { recorded: Incarnation },
+    /// "What I record for your id beats your incarnation, so I drop your
+    /// messages": `recorded` has the same counter with another nonce, or a
+    /// higher one. The answer to a Register that cannot be recorded, and (at
+    /// most once per heartbeat interval) to any other message dropped as
+    /// stale. The receiver picks a counter above `recorded` and registers it;
+    /// a late message from a wiped directory draws a notice that the current
+    /// directory of that id, whose counter is higher, ignores.
+    Superseded { recorded: Incarnation },
     /// Formation: the highest id proposes the cluster id and every incarnation.
     Form { cluster_id: u64, incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// Formation: recorded durably.
@@ -166,7 +170,7 @@ impl PeerMsg {
             PeerMsg::JoinInfo { .. } => "join_info",
             PeerMsg::Register => "register",
             PeerMsg::Registered { .. } => "registered",
-            PeerMsg::RegisterRefused { .. } => "register_refused",
+            PeerMsg::Superseded { .. } => "superseded",
             PeerMsg::Form { .. } => "form",
             PeerMsg::FormAck { .. } => "form_ack",
             PeerMsg::Formed { .. } => "formed",

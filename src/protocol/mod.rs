@@ -305,6 +305,8 @@ pub struct Replica {
     barriers: Vec<(ReqId, LogIndex)>,
     /// Next keepalive Hello while not leading.
     keepalive_at: Millis,
+    /// When we last told each peer that its incarnation is superseded here.
+    superseded_sent: BTreeMap<ReplicaId, Millis>,
 }
 
 impl Replica {
@@ -359,6 +361,7 @@ impl Replica {
             incoming: None,
             barriers: Vec::new(),
             keepalive_at: Millis(0),
+            superseded_sent: BTreeMap::new(),
             cfg,
         };
         if let Some(snap) = durable.snapshot {
@@ -476,9 +479,7 @@ impl Replica {
             return;
         }
         if self.is_stale_incarnation(from, env.incarnation) {
-            if matches!(env.msg, PeerMsg::Register) {
-                self.refuse_stale_register(from, out);
-            }
+            self.notice_superseded(now, from, out);
             self.stats.dropped_messages += 1;
             return;
         }
@@ -567,9 +568,7 @@ impl Replica {
             PeerMsg::Registered { incarnation, promised, incarnations } => {
                 self.on_registered(now, from, env.learner, incarnation, promised, incarnations, out)
             }
-            PeerMsg::RegisterRefused { recorded } => {
-                self.on_register_refused(now, env.learner, recorded, out)
-            }
+            PeerMsg::Superseded { recorded } => self.on_superseded(now, env.learner, recorded, out),
             msg @ (PeerMsg::Form { .. } | PeerMsg::FormAck { .. } | PeerMsg::Formed { .. }) => {
                 self.on_formation_msg(now, from, msg, out)
             }

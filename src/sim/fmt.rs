@@ -117,9 +117,7 @@ pub fn msg(m: &PeerMsg) -> String {
             incarnation.counter,
             table(incarnations)
         ),
-        PeerMsg::RegisterRefused { recorded } => {
-            format!("register_refused recorded={}", recorded.counter)
-        }
+        PeerMsg::Superseded { recorded } => format!("superseded recorded={}", recorded.counter),
         PeerMsg::Form { cluster_id, .. } => format!("form {cluster_id:x}"),
         PeerMsg::FormAck { cluster_id } => format!("form_ack {cluster_id:x}"),
         PeerMsg::Formed { cluster_id } => format!("formed {cluster_id:x}"),
