@@ -4,6 +4,23 @@
 //! carries the sender's formation state, so a replica that missed FORMED
 //! completes on meeting any formed peer. Nothing is elected or served before.
 //!
+//! A directory wiped before formation completes has promised nothing, so it
+//! may still be a founding member, but the others may record its old
+//! incarnation, often with the same counter (every blank directory starts at
+//! 1), and would drop its messages for good. So it moves above the old
+//! counter: a blank directory that gets a FORM naming another incarnation of
+//! its id takes a higher counter before it records and acks it, and a blank
+//! or pending one that is told `Superseded` (a pending replica drops and
+//! answers its messages like a formed one) does the same. The highest id
+//! counts an ack only from the incarnation its table names; when it hears a
+//! higher counter it records it and sends FORM to everyone again, and a
+//! pending replica merges the new table by counter. A former wiped before
+//! it completed forms the pending cluster again the same way, once it has
+//! moved above its old counter. If another replica had completed formation
+//! before the wipe, its messages say so and the blank directory becomes a
+//! learner instead (the former forms only when no peer reports a complete
+//! formation); if only the wiped former had, nobody promised it anything.
+//!
 //! Learners. A directory that starts blank in a formed cluster (wiped, or
 //! replaced) must never count as the replica it replaces: it may have
 //! forgotten promises and votes. It writes a durable learner mark first, then:
@@ -77,6 +94,9 @@ impl Replica {
         if self.cfg.id.0 as usize != self.cfg.n || self.learner {
             return;
         }
+        if self.forming.is_some() {
+            self.refresh_forming_table(now, out);
+        }
         let others = self.others();
         match &mut self.forming {
             None => self.maybe_start_forming(now, out),
@@ -138,6 +158,39 @@ impl Replica {
         let msg = PeerMsg::Form { cluster_id, incarnations: self.incarnations.clone() };
         self.send(self.others(), msg, out);
         self.forming = Some(Forming { cluster_id, acks: BTreeSet::new(), sent_at: now });
+    }
+
+    /// The former: a peer heard with a higher counter than our table names
+    /// moved above an incarnation that was wiped while the cluster formed.
+    /// Every replica must record the new table before formation completes,
+    /// so the round starts again.
+    fn refresh_forming_table(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let newer: BTreeMap<ReplicaId, Incarnation> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.heard.is_some()
+                    && self.incarnations.get(id).is_none_or(|k| p.incarnation.counter > k.counter)
+            })
+            .map(|(id, p)| (*id, p.incarnation))
+            .collect();
+        if newer.is_empty() {
+            return;
+        }
+        self.merge_incarnations(&newer, out);
+        crate::qlog!("formation: new incarnations {newer:?} while forming; asking everyone again");
+        self.restart_forming_round(now, out);
+    }
+
+    /// The former sends FORM with its current table to every peer and
+    /// counts acknowledgements afresh.
+    fn restart_forming_round(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let Some(f) = &mut self.forming else { return };
+        f.acks.clear();
+        f.sent_at = now;
+        let msg =
+            PeerMsg::Form { cluster_id: f.cluster_id, incarnations: self.incarnations.clone() };
+        self.send(self.others(), msg, out);
     }
 
     fn complete_formation(&mut self, now: Millis, cluster_id: u64, out: &mut Vec<Output>) {
@@ -253,10 +306,7 @@ impl Replica {
     /// current one), durably before anyone hears of it, and (re)starts
     /// registering it.
     fn pick_incarnation(&mut self, now: Millis, floor: u64, out: &mut Vec<Output>) {
-        let counter = floor.max(self.incarnation.counter) + 1;
-        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
-        self.incarnations.insert(self.cfg.id, self.incarnation);
-        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
+        self.take_counter_above(floor, out);
         crate::qlog!("learner: new incarnation {}; registering it", self.incarnation);
         self.learning = Some(Learning::Registering { answers: BTreeMap::new(), resend_at: now });
         self.tick_learning(now, out);
@@ -324,7 +374,9 @@ impl Replica {
         from: ReplicaId,
         out: &mut Vec<Output>,
     ) {
-        if self.learner || !self.is_formed() {
+        // A blank directory records nobody; a pending one records the table
+        // of the FORM it acknowledged.
+        if self.learner {
             return;
         }
         let Some(recorded) = self.incarnations.get(&from).copied() else { return };
@@ -355,7 +407,15 @@ impl Replica {
         let mine = self.incarnation;
         let beats = recorded.counter > mine.counter
             || (recorded.counter == mine.counter && recorded.nonce != mine.nonce);
-        if from_learner || !beats || !self.is_formed() {
+        if from_learner || !beats {
+            return;
+        }
+        if !self.is_formed() {
+            // Wiped while the cluster formed: nothing was promised or voted
+            // yet, so only the counter must move; the former asks everyone to
+            // record it (a new round if we are the former).
+            self.take_counter_above(recorded.counter, out);
+            self.restart_forming_round(now, out);
             return;
         }
         if self.learner {
@@ -374,15 +434,21 @@ impl Replica {
         if !matches!(self.role, Role::Follower) {
             self.step_down(now, out);
         }
-        let counter = recorded.counter.max(mine.counter) + 1;
-        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
-        self.incarnations.insert(self.cfg.id, self.incarnation);
-        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
+        self.take_counter_above(recorded.counter, out);
         crate::qlog!(
             "incarnation {mine} superseded by a recorded {recorded}; registering {}",
             self.incarnation
         );
         self.send(self.others(), PeerMsg::Register, out);
+    }
+
+    /// A new incarnation with a counter above `floor` and above ours, durable
+    /// before anyone hears of it (the executor holds what reports it).
+    fn take_counter_above(&mut self, floor: u64, out: &mut Vec<Output>) {
+        let counter = floor.max(self.incarnation.counter) + 1;
+        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
+        self.incarnations.insert(self.cfg.id, self.incarnation);
+        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
     }
 
     /// A leader drops the votes a replica's old incarnation cast on slots not
@@ -496,7 +562,19 @@ impl Replica {
                     }
                     _ => {}
                 }
-                if self.formation != Formation::Pending(cluster_id) {
+                if self.formation == Formation::Pending(cluster_id) {
+                    // A later round: the former heard of incarnations that
+                    // moved above wiped ones; counters only move forward.
+                    self.merge_incarnations(&incarnations, out);
+                } else {
+                    // The former names another incarnation of our id: this
+                    // directory was wiped after it heard of the old one. Move
+                    // above it, so that nobody takes one for the other.
+                    if let Some(named) = incarnations.get(&self.cfg.id) {
+                        if *named != self.incarnation && named.counter >= self.incarnation.counter {
+                            self.take_counter_above(named.counter, out);
+                        }
+                    }
                     self.incarnations = incarnations;
                     self.incarnations.insert(self.cfg.id, self.incarnation);
                     out.push(Output::Persist(Persist::Incarnations(self.incarnations.clone())));
@@ -506,8 +584,12 @@ impl Replica {
                 self.send(vec![from], PeerMsg::FormAck { cluster_id }, out);
             }
             PeerMsg::FormAck { cluster_id } => {
+                // Only an ack from the incarnation our table names counts: a
+                // newer one makes the table change and the round start again.
+                let current = self.peers.get(&from).map(|p| p.incarnation)
+                    == self.incarnations.get(&from).copied();
                 if let Some(f) = &mut self.forming {
-                    if f.cluster_id == cluster_id {
+                    if f.cluster_id == cluster_id && current {
                         f.acks.insert(from);
                     }
                 }

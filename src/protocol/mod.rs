@@ -493,7 +493,12 @@ impl Replica {
         peer.learner = env.learner;
         self.observe_formation(now, &env, out);
         if !self.is_formed() {
-            self.on_formation_msg(now, env.from, env.msg, out);
+            match env.msg {
+                PeerMsg::Superseded { recorded } => {
+                    self.on_superseded(now, env.learner, recorded, out)
+                }
+                msg => self.on_formation_msg(now, env.from, msg, out),
+            }
             return;
         }
         // Any higher epoch from a full member stops our leading or campaigning

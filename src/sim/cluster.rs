@@ -714,14 +714,6 @@ impl SimCluster {
         }
     }
 
-    /// True when every replica's formation is complete (on disk, for one that is down).
-    pub fn all_formed(&self) -> bool {
-        self.nodes.iter().all(|n| match &n.replica {
-            Some(r) => r.is_formed(),
-            None => n.disk.recover().is_ok_and(|d| matches!(d.formation, Formation::Complete(_))),
-        })
-    }
-
     /// True when `id`'s disk durably holds a formed full member (no learner
     /// mark): what it would come back as from a crash now.
     pub fn is_durable_full_member(&self, id: ReplicaId) -> bool {

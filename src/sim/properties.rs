@@ -21,7 +21,11 @@ fn r(id: u8) -> ReplicaId {
 
 impl Scenario {
     fn new(n: usize) -> Scenario {
-        let mut c = SimCluster::new(SimConfig::new(n), 7, true);
+        Scenario::with(SimConfig::new(n))
+    }
+
+    fn with(cfg: SimConfig) -> Scenario {
+        let mut c = SimCluster::new(cfg, 7, true);
         c.trace.on = true;
         c.start();
         Scenario { c, replies: BTreeMap::new() }
@@ -117,6 +121,38 @@ impl Scenario {
                 return;
             }
             self.run(1);
+        }
+        let status: Vec<String> = self
+            .c
+            .ids()
+            .into_iter()
+            .map(|id| match self.c.replica(id) {
+                Some(x) => format!("r{id}: {}", x.status(self.c.now)),
+                None => format!("r{id}: down"),
+            })
+            .collect();
+        let lines = &self.c.trace.lines;
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        panic!("not {what} within {ms}ms:\n{}\n{tail}", status.join("\n"));
+    }
+
+    /// Delivers one link's queue at a time (ticking between rounds) until
+    /// `done` holds, so the messages of the step that made it hold are still
+    /// queued.
+    fn hop_until(&mut self, ms: u64, what: &str, done: impl Fn(&SimCluster) -> bool) {
+        for _ in 0..ms {
+            self.c.tick(1);
+            for a in self.c.ids() {
+                for b in self.c.ids() {
+                    if done(&self.c) {
+                        self.check();
+                        return;
+                    }
+                    if a != b {
+                        self.c.deliver_link(a, b);
+                    }
+                }
+            }
         }
         panic!("not {what} within {ms}ms");
     }
@@ -433,24 +469,9 @@ fn a_replica_promoted_with_a_counter_that_a_minority_records_otherwise_moves_abo
     s.c.crash(r(5), 0);
     s.c.wipe(r(5));
     s.c.restart(r(5));
-    let registering = |c: &SimCluster| {
+    s.hop_until(500, "r5 registering", |c| {
         c.replica(r(5)).is_some_and(|x| x.status(c.now).contains("learning=register"))
-    };
-    // One link at a time, so r5's Register is still queued when it is seen.
-    'steps: for _ in 0..500 {
-        s.c.tick(1);
-        for a in s.c.ids() {
-            for b in s.c.ids() {
-                if registering(&s.c) {
-                    break 'steps;
-                }
-                if a != b {
-                    s.c.deliver_link(a, b);
-                }
-            }
-        }
-    }
-    assert!(registering(&s.c), "r5 picked a new incarnation");
+    });
     let first = s.incarnation(5);
     let to_r1 = s.c.take_link(r(5), r(1));
     assert!(to_r1.iter().any(|m| matches!(m.env.msg, PeerMsg::Register)));
@@ -473,4 +494,64 @@ fn a_replica_promoted_with_a_counter_that_a_minority_records_otherwise_moves_abo
         s.c.replica(*id).unwrap().incarnations().get(&r(5)) == Some(&s.incarnation(5))
     });
     assert!(recorders.count() >= 3, "a majority records r5's final incarnation");
+}
+
+/// A cluster of `n` blank directories that must form first.
+fn unformed(n: usize) -> Scenario {
+    Scenario::with(SimConfig { formed: false, ..SimConfig::new(n) })
+}
+
+/// Runs until every replica is formed and one leader serves all.
+fn run_until_formed_and_led(s: &mut Scenario) {
+    let done = |c: &SimCluster| {
+        let Some(leader) = c.serving_leader() else { return false };
+        c.ids().into_iter().all(|id| {
+            c.replica(id).is_some_and(|x| {
+                x.is_formed() && x.role_name() != "learner" && x.leader_id() == Some(leader)
+            })
+        })
+    };
+    s.run_until(3000, "formed, with one leader followed by all", done);
+}
+
+#[test]
+fn a_replica_wiped_before_it_acknowledged_form_takes_a_higher_counter_and_the_cluster_forms() {
+    // r3 (the highest id) sends FORM; r1's acknowledgement is lost and r1 is
+    // wiped. The blank r1 gets FORM again, naming its old incarnation: it
+    // moves above it, and r3 asks everyone to record the new table.
+    let mut s = unformed(3);
+    s.hop_until(500, "FORM sent", |c| {
+        c.replica(r(3)).is_some_and(|x| x.status(c.now).contains("cluster=pending"))
+    });
+    s.c.deliver_link(r(3), r(1));
+    s.c.drop_link(r(1), r(3));
+    let old = s.incarnation(1);
+    s.wipe(1);
+    run_until_formed_and_led(&mut s);
+    let new = s.incarnation(1);
+    assert!(new.counter > old.counter, "{new} after {old}");
+    s.assert_none_supersedes(1);
+}
+
+#[test]
+fn a_former_wiped_before_formation_completes_forms_the_cluster_again() {
+    // r3 sends FORM and r1 and r2 record it, but r3 is wiped before it hears
+    // their acknowledgements. The blank r3 is told that its old incarnation
+    // is recorded, moves above it, and forms the pending cluster again.
+    let mut s = unformed(3);
+    s.hop_until(500, "FORM sent", |c| {
+        c.replica(r(3)).is_some_and(|x| x.status(c.now).contains("cluster=pending"))
+    });
+    let cluster = s.c.replica(r(3)).unwrap().status(s.c.now);
+    for id in [1, 2] {
+        s.c.deliver_link(r(3), r(id));
+        s.c.drop_link(r(id), r(3));
+    }
+    let old = s.incarnation(3);
+    s.wipe(3);
+    run_until_formed_and_led(&mut s);
+    assert!(s.incarnation(3).counter > old.counter);
+    let pending = cluster.split("cluster=pending:").nth(1).unwrap().split(' ').next().unwrap();
+    assert_eq!(s.c.replica(r(1)).unwrap().cluster_id(), u64::from_str_radix(pending, 16).ok());
+    s.assert_none_supersedes(3);
 }

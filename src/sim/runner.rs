@@ -29,6 +29,10 @@ const SETTLE_MS_MAX: u64 = 3000;
 const FINAL_READS_MS_MAX: u64 = 3000;
 /// Attempts per key of the final read (an error answer is retried).
 const FINAL_READ_TRIES: usize = 5;
+/// Share of the seeds that form their cluster in which a replica is wiped
+/// while it forms (DESIGN §6), and the time by which formation is usually done.
+const FORMATION_WIPE_P: f64 = 0.3;
+const FORMATION_MS: u64 = 20;
 
 const HEARTBEAT_MS: u64 = 10;
 const ELECTION_TIMEOUT_MS: u64 = 50;
@@ -189,7 +193,7 @@ impl SeedRun {
         cluster.batch_max = plan.batch_max;
         let clients = Clients::new(plan.clients, plan.keys, plan.think_ms_max);
         let next_fault_at = Millis(rng.random_range(0..=300));
-        SeedRun {
+        let mut run = SeedRun {
             seed,
             plan,
             cluster,
@@ -200,7 +204,32 @@ impl SeedRun {
             wiped: Default::default(),
             wipes: 0,
             next_fault_at,
+        };
+        run.plan_formation_wipe();
+        run
+    }
+
+    /// In some seeds that form their cluster, one replica crashes while it
+    /// forms (between steps, or after a few sends: after its FORM-ACK, say)
+    /// and comes back wiped, if the run allows a wipe. Drawn from a stream
+    /// of its own, so the rest of the seed's schedule stays as it was.
+    fn plan_formation_wipe(&mut self) {
+        if self.plan.cfg.formed {
+            return;
         }
+        let mut rng = StdRng::seed_from_u64(mix(self.seed ^ 0x666f_726d));
+        if !rng.random_bool(FORMATION_WIPE_P) {
+            return;
+        }
+        let id = ReplicaId(rng.random_range(1..=self.plan.cfg.n as u8));
+        let crash_at = Millis(rng.random_range(0..=FORMATION_MS));
+        let kind = match rng.random_range(0..3) {
+            0 => CrashKind::Clean,
+            _ => CrashKind::Point(CrashPoint::AfterSends(rng.random_range(0..=4))),
+        };
+        let restart_at = crash_at.plus(rng.random_range(10..=100));
+        self.schedule(crash_at, Action::Crash(id, kind));
+        self.schedule(restart_at, Action::Restart(id, true));
     }
 
     /// Runs the seed to its end; Err names the first failure.
@@ -294,11 +323,11 @@ impl SeedRun {
             Action::Crash(id, CrashKind::Point(p)) => c.arm_crash(id, p),
             Action::Restart(id, wipe) => {
                 c.disarm(id);
-                // A blank directory can only rejoin a formed cluster (as a
-                // learner): a wipe during formation would leave it stuck.
+                // A wipe may land before formation completes: the directory
+                // takes a counter above the one the FORM named, and the
+                // former asks everyone to record it again.
                 if wipe
                     && !c.is_up(id)
-                    && c.all_formed()
                     && self.wipes < wipes_per_run()
                     && self.lost_disks() < self.wipes_max()
                 {
