@@ -267,6 +267,8 @@ pub struct SimCluster {
     pub checker: Checker,
     /// The first invariant violation, if any.
     pub violation: Option<String>,
+    /// When it was found: simulated time and the batches executed by then.
+    pub violation_at: Option<(Millis, u64)>,
     pub trace: Trace,
     /// Client requests without an answer yet, and the replica that holds each.
     outstanding: BTreeMap<ReqId, ReplicaId>,
@@ -339,6 +341,7 @@ impl SimCluster {
             nodes,
             checker: Checker::default(),
             violation: None,
+            violation_at: None,
             trace: Trace::default(),
             outstanding: BTreeMap::new(),
             next_req: 1,
@@ -395,6 +398,7 @@ impl SimCluster {
         if self.violation.is_none() {
             self.note(|| format!("VIOLATION: {why}"));
             self.violation = Some(why);
+            self.violation_at = Some((self.now, self.batches));
         }
     }
 

@@ -291,7 +291,8 @@ impl SeedRun {
     fn advance(&mut self) -> Result<(), String> {
         self.cluster.step_ms();
         if let Some(v) = &self.cluster.violation {
-            return Err(v.clone());
+            let (at, batch) = self.cluster.violation_at.unwrap_or_default();
+            return Err(format!("{v} (at {at}, batch {batch})"));
         }
         self.clients.absorb(&mut self.cluster, &mut self.rng)
     }
