@@ -20,7 +20,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 /// The frame format this build writes and the newest it reads.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Largest accepted frame (version byte plus payload). A promise or a catch-up
 /// reply is the largest message; the protocol cuts those short (`truncated`)

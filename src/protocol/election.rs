@@ -185,6 +185,8 @@ impl Replica {
                 if now >= *deadline {
                     crate::qlog!("election: no majority of promises for epoch {epoch}; retrying");
                     self.become_follower(now, None);
+                } else {
+                    self.resend_coordinator(now, out);
                 }
             }
             Role::Leader(_) => self.tick_leader(now, out),
@@ -272,11 +274,33 @@ impl Replica {
         let mut promises = BTreeMap::new();
         promises.insert(self.cfg.id, self.own_promise_info(self.commit));
         let deadline = now.plus(self.cfg.election_timeout_ms);
-        self.role = Role::Candidate(Campaign::Promises { epoch, promises, deadline });
+        let resend_at = now.plus(self.cfg.heartbeat_ms.max(1));
+        self.role = Role::Candidate(Campaign::Promises { epoch, promises, deadline, resend_at });
         self.send(self.others(), PeerMsg::Coordinator { epoch, commit: self.commit }, out);
         if quorum::majority(self.cfg.n) == 1 {
             self.become_leader(now, out);
         }
+    }
+
+    /// A lost COORDINATOR (a dropped message, a link that was cut and healed)
+    /// must not cost the whole campaign: every heartbeat interval it goes
+    /// again to the peers that have not promised. A repeated COORDINATOR gets
+    /// the same answer (DESIGN §3.2), so a duplicate is harmless.
+    fn resend_coordinator(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let heartbeat_ms = self.cfg.heartbeat_ms.max(1);
+        let commit = self.commit;
+        let Role::Candidate(Campaign::Promises { epoch, promises, resend_at, .. }) = &mut self.role
+        else {
+            return;
+        };
+        if now < *resend_at {
+            return;
+        }
+        *resend_at = now.plus(heartbeat_ms);
+        let epoch = *epoch;
+        let missing: Vec<ReplicaId> =
+            self.peers.keys().filter(|id| !promises.contains_key(id)).copied().collect();
+        self.send(missing, PeerMsg::Coordinator { epoch, commit }, out);
     }
 
     /// What we hold above `their_commit`, as a promise reports it.

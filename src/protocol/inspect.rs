@@ -2,7 +2,7 @@
 //! scripts and STATUS-like summaries (DESIGN §7). Nothing here changes state,
 //! so a checker can call any of it after any step without disturbing the run.
 
-use super::types::{Entry, Epoch, LogIndex};
+use super::types::{Entry, Epoch, Incarnation, LogIndex, ReplicaId};
 use super::{Campaign, Replica, Role};
 use std::collections::BTreeMap;
 
@@ -44,6 +44,16 @@ impl Replica {
     /// Every accepted entry this replica holds, by slot.
     pub fn log(&self) -> &BTreeMap<LogIndex, Entry> {
         &self.log
+    }
+
+    /// This directory's incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
+    }
+
+    /// The incarnation this replica records for every replica (its own included).
+    pub fn incarnations(&self) -> &BTreeMap<ReplicaId, Incarnation> {
+        &self.incarnations
     }
 
     /// The index of the snapshot the log builds on (0 = none): slots at or

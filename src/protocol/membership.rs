@@ -4,16 +4,44 @@
 //! carries the sender's formation state, so a replica that missed FORMED
 //! completes on meeting any formed peer. Nothing is elected or served before.
 //!
+//! A directory wiped before formation completes has promised nothing, so it
+//! may still be a founding member, but the others may record its old
+//! incarnation, often with the same counter (every blank directory starts at
+//! 1), and would drop its messages for good. So it moves above the old
+//! counter: a blank directory that gets a FORM naming another incarnation of
+//! its id takes a higher counter before it records and acks it, and a blank
+//! or pending one that is told `Superseded` (a pending replica drops and
+//! answers its messages like a formed one) does the same. The highest id
+//! counts an ack only from the incarnation its table names; when it hears a
+//! higher counter it records it and sends FORM to everyone again, and a
+//! pending replica merges the new table by counter. A former wiped before
+//! it completed forms the pending cluster again the same way, once it has
+//! moved above its old counter. If another replica had completed formation
+//! before the wipe, its messages say so and the blank directory becomes a
+//! learner instead (the former forms only when no peer reports a complete
+//! formation); if only the wiped former had, nobody promised it anything.
+//!
 //! Learners. A directory that starts blank in a formed cluster (wiped, or
 //! replaced) must never count as the replica it replaces: it may have
 //! forgotten promises and votes. It writes a durable learner mark first, then:
-//! 1. *Join*: asks every replica what it records for its id, and picks a new
+//! 1. *Join*: asks every replica for its incarnation table and picks a new
 //!    incarnation counter one above the highest a majority of N full members
-//!    report (persisted before anyone hears of it).
+//!    record for its id (persisted before anyone hears of it). It merges the
+//!    tables it hears (by counter, as storage replays them), here and in step
+//!    2: its own table was wiped, and once promoted it must tell the next
+//!    learner the counter to beat and must not take a wiped replica's old
+//!    incarnation for a current one.
 //! 2. *Register*: a majority of N full members other than itself durably record
 //!    the new incarnation (from then on they ignore the old one, and a leader
 //!    drops the old incarnation's votes on slots not yet chosen) and report
-//!    their promised epochs; it adopts the highest as its own promise.
+//!    their promised epochs, naming the incarnation they confirm; it adopts
+//!    the highest epoch as its own promise. A member that records another
+//!    incarnation of its id with the same or a higher counter (an earlier
+//!    try that only a minority recorded) answers Superseded, naming it; the
+//!    learner then picks a counter above it and registers again, in any
+//!    phase while it is still a learner. A member sends the same notice for
+//!    any message it drops as stale, so a replica promoted before the notice
+//!    reached it moves to a higher counter too (as a full member).
 //! 3. *Catch up*: the first heartbeat from a leader that finished recovery in an
 //!    epoch at or above the adopted one names a last index L; once its commit
 //!    index reaches L it holds every slot the old incarnation may have voted
@@ -65,6 +93,9 @@ impl Replica {
         }
         if self.cfg.id.0 as usize != self.cfg.n || self.learner {
             return;
+        }
+        if self.forming.is_some() {
+            self.refresh_forming_table(now, out);
         }
         let others = self.others();
         match &mut self.forming {
@@ -127,6 +158,39 @@ impl Replica {
         let msg = PeerMsg::Form { cluster_id, incarnations: self.incarnations.clone() };
         self.send(self.others(), msg, out);
         self.forming = Some(Forming { cluster_id, acks: BTreeSet::new(), sent_at: now });
+    }
+
+    /// The former: a peer heard with a higher counter than our table names
+    /// moved above an incarnation that was wiped while the cluster formed.
+    /// Every replica must record the new table before formation completes,
+    /// so the round starts again.
+    fn refresh_forming_table(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let newer: BTreeMap<ReplicaId, Incarnation> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                p.heard.is_some()
+                    && self.incarnations.get(id).is_none_or(|k| p.incarnation.counter > k.counter)
+            })
+            .map(|(id, p)| (*id, p.incarnation))
+            .collect();
+        if newer.is_empty() {
+            return;
+        }
+        self.merge_incarnations(&newer, out);
+        crate::qlog!("formation: new incarnations {newer:?} while forming; asking everyone again");
+        self.restart_forming_round(now, out);
+    }
+
+    /// The former sends FORM with its current table to every peer and
+    /// counts acknowledgements afresh.
+    fn restart_forming_round(&mut self, now: Millis, out: &mut Vec<Output>) {
+        let Some(f) = &mut self.forming else { return };
+        f.acks.clear();
+        f.sent_at = now;
+        let msg =
+            PeerMsg::Form { cluster_id: f.cluster_id, incarnations: self.incarnations.clone() };
+        self.send(self.others(), msg, out);
     }
 
     fn complete_formation(&mut self, now: Millis, cluster_id: u64, out: &mut Vec<Output>) {
@@ -204,13 +268,13 @@ impl Replica {
         }
     }
 
-    /// A full member answers a learner's Join with what it records for its id.
+    /// A full member answers a learner's Join with its whole incarnation table.
     pub(super) fn on_join(&mut self, from: ReplicaId, out: &mut Vec<Output>) {
         if self.learner || !self.is_formed() {
             return;
         }
-        let recorded = self.incarnations.get(&from).copied();
-        self.send(vec![from], PeerMsg::JoinInfo { recorded }, out);
+        let msg = PeerMsg::JoinInfo { incarnations: self.incarnations.clone() };
+        self.send(vec![from], msg, out);
     }
 
     pub(super) fn on_join_info(
@@ -218,7 +282,7 @@ impl Replica {
         now: Millis,
         from: ReplicaId,
         from_learner: bool,
-        recorded: Option<Incarnation>,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
         out: &mut Vec<Output>,
     ) {
         let majority = quorum::majority(self.cfg.n);
@@ -226,36 +290,165 @@ impl Replica {
         if from_learner {
             return;
         }
-        answers.insert(from, recorded);
-        if answers.len() < majority {
-            return;
-        }
+        answers.insert(from, incarnations.get(&self.cfg.id).copied());
         let highest = answers.values().flatten().map(|i| i.counter).max().unwrap_or(0);
-        let counter = highest.max(self.incarnation.counter) + 1;
-        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
-        self.incarnations.insert(self.cfg.id, self.incarnation);
-        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
+        let enough = answers.len() >= majority;
+        // A member that was itself wiped knows only what it heard since: the
+        // tables of a majority together hold every incarnation a majority
+        // recorded, so a promoted learner can tell the next one the counter to beat.
+        self.merge_incarnations(&incarnations, out);
+        if enough {
+            self.pick_incarnation(now, highest, out);
+        }
+    }
+
+    /// Picks a new incarnation with a counter above `floor` (and above our
+    /// current one), durably before anyone hears of it, and (re)starts
+    /// registering it.
+    fn pick_incarnation(&mut self, now: Millis, floor: u64, out: &mut Vec<Output>) {
+        self.take_counter_above(floor, out);
         crate::qlog!("learner: new incarnation {}; registering it", self.incarnation);
         self.learning = Some(Learning::Registering { answers: BTreeMap::new(), resend_at: now });
         self.tick_learning(now, out);
     }
 
+    /// Merges a peer's incarnation table into ours by the rule storage replays
+    /// it with (`Durable::apply`: a higher counter replaces, nothing moves
+    /// back) and persists the entries that changed. Our own entry is ours.
+    fn merge_incarnations(
+        &mut self,
+        table: &BTreeMap<ReplicaId, Incarnation>,
+        out: &mut Vec<Output>,
+    ) {
+        let mut changed = BTreeMap::new();
+        for (id, inc) in table {
+            if *id == self.cfg.id || !self.peers.contains_key(id) {
+                continue;
+            }
+            if self.incarnations.get(id).is_none_or(|known| inc.counter > known.counter) {
+                self.incarnations.insert(*id, *inc);
+                changed.insert(*id, *inc);
+            }
+        }
+        if !changed.is_empty() {
+            out.push(Output::Persist(Persist::Incarnations(changed)));
+        }
+    }
+
     /// A full member records a learner's new incarnation durably, then answers
-    /// with its promised epoch (the executor syncs before it sends).
+    /// with the incarnation it confirms, its promised epoch and its table (the
+    /// executor syncs before it sends).
     pub(super) fn on_register(&mut self, from: ReplicaId, inc: Incarnation, out: &mut Vec<Output>) {
         if self.learner || !self.is_formed() {
             return;
         }
-        let known = self.incarnations.get(&from).copied();
-        if known.is_none_or(|k| inc.counter > k.counter) {
-            self.incarnations.insert(from, inc);
-            out.push(Output::Persist(Persist::Incarnations(BTreeMap::from([(from, inc)]))));
-            crate::qlog!("recorded new incarnation {inc} of replica {from}");
-            self.forget_votes_of(from);
-        } else if known != Some(inc) {
+        match self.incarnations.get(&from).copied() {
+            Some(known) if known == inc => {}
+            Some(known) if inc.counter <= known.counter => {
+                // Screened out as stale before it gets here; answered all the same.
+                self.send(vec![from], PeerMsg::Superseded { recorded: known }, out);
+                return;
+            }
+            _ => {
+                self.incarnations.insert(from, inc);
+                out.push(Output::Persist(Persist::Incarnations(BTreeMap::from([(from, inc)]))));
+                crate::qlog!("recorded new incarnation {inc} of replica {from}");
+                self.forget_votes_of(from);
+            }
+        }
+        let msg = PeerMsg::Registered {
+            incarnation: inc,
+            promised: self.promise,
+            incarnations: self.incarnations.clone(),
+        };
+        self.send(vec![from], msg, out);
+    }
+
+    /// A message from `from` was dropped because our table beats its
+    /// incarnation: name the record (at most once per heartbeat interval), so
+    /// that the replica, if it is the current directory of that id, picks a
+    /// counter above it instead of talking to us in vain.
+    pub(super) fn notice_superseded(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        out: &mut Vec<Output>,
+    ) {
+        // A blank directory records nobody; a pending one records the table
+        // of the FORM it acknowledged.
+        if self.learner {
             return;
         }
-        self.send(vec![from], PeerMsg::Registered { promised: self.promise }, out);
+        let Some(recorded) = self.incarnations.get(&from).copied() else { return };
+        let gap_ms = self.cfg.heartbeat_ms.max(1);
+        if self.superseded_sent.get(&from).is_some_and(|at| now.since(*at) < gap_ms) {
+            return;
+        }
+        self.superseded_sent.insert(from, now);
+        self.send(vec![from], PeerMsg::Superseded { recorded }, out);
+    }
+
+    /// A full member records another incarnation of our id with our counter
+    /// or a higher one, and drops our messages: an earlier directory's, or an
+    /// earlier try of ours that only a minority recorded (a wipe can make a
+    /// majority forget it). Pick a counter above it and register it. A
+    /// learner does so in any phase after Join: it has voted for nothing. A
+    /// full member keeps its state, which is the same directory's, so the
+    /// new counter only costs the votes and promises of the old one, which
+    /// leaders and winners discard; it stops leading or campaigning first,
+    /// since its followers promised the old incarnation.
+    pub(super) fn on_superseded(
+        &mut self,
+        now: Millis,
+        from_learner: bool,
+        recorded: Incarnation,
+        out: &mut Vec<Output>,
+    ) {
+        let mine = self.incarnation;
+        let beats = recorded.counter > mine.counter
+            || (recorded.counter == mine.counter && recorded.nonce != mine.nonce);
+        if from_learner || !beats {
+            return;
+        }
+        if !self.is_formed() {
+            // Wiped while the cluster formed: nothing was promised or voted
+            // yet, so only the counter must move; the former asks everyone to
+            // record it (a new round if we are the former).
+            self.take_counter_above(recorded.counter, out);
+            self.restart_forming_round(now, out);
+            return;
+        }
+        if self.learner {
+            let registering = matches!(
+                self.learning,
+                Some(Learning::Registering { .. } | Learning::CatchingUp { .. })
+            );
+            if registering {
+                crate::qlog!(
+                    "learner: incarnation {mine} superseded by a recorded {recorded}; picking a higher one"
+                );
+                self.pick_incarnation(now, recorded.counter, out);
+            }
+            return;
+        }
+        if !matches!(self.role, Role::Follower) {
+            self.step_down(now, out);
+        }
+        self.take_counter_above(recorded.counter, out);
+        crate::qlog!(
+            "incarnation {mine} superseded by a recorded {recorded}; registering {}",
+            self.incarnation
+        );
+        self.send(self.others(), PeerMsg::Register, out);
+    }
+
+    /// A new incarnation with a counter above `floor` and above ours, durable
+    /// before anyone hears of it (the executor holds what reports it).
+    fn take_counter_above(&mut self, floor: u64, out: &mut Vec<Output>) {
+        let counter = floor.max(self.incarnation.counter) + 1;
+        self.incarnation = Incarnation { counter, nonce: self.rng.random() };
+        self.incarnations.insert(self.cfg.id, self.incarnation);
+        out.push(Output::Persist(Persist::Incarnation(self.incarnation)));
     }
 
     /// A leader drops the votes a replica's old incarnation cast on slots not
@@ -268,24 +461,31 @@ impl Replica {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_registered(
         &mut self,
         now: Millis,
         from: ReplicaId,
         from_learner: bool,
+        confirmed: Incarnation,
         promised: Epoch,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
         out: &mut Vec<Output>,
     ) {
         let majority = quorum::majority(self.cfg.n);
+        let mine = self.incarnation;
         let Some(Learning::Registering { answers, .. }) = &mut self.learning else { return };
-        if from_learner {
+        // A late answer for an incarnation we have since replaced confirms nothing.
+        if from_learner || confirmed != mine {
             return;
         }
         answers.insert(from, promised);
-        if answers.len() < majority {
+        let enough = answers.len() >= majority;
+        let adopted = answers.values().copied().max().unwrap_or_default().max(self.promise);
+        self.merge_incarnations(&incarnations, out);
+        if !enough {
             return;
         }
-        let adopted = answers.values().copied().max().unwrap_or_default().max(self.promise);
         if adopted > self.promise {
             self.persist_promise(adopted, None, out);
         }
@@ -362,7 +562,19 @@ impl Replica {
                     }
                     _ => {}
                 }
-                if self.formation != Formation::Pending(cluster_id) {
+                if self.formation == Formation::Pending(cluster_id) {
+                    // A later round: the former heard of incarnations that
+                    // moved above wiped ones; counters only move forward.
+                    self.merge_incarnations(&incarnations, out);
+                } else {
+                    // The former names another incarnation of our id: this
+                    // directory was wiped after it heard of the old one. Move
+                    // above it, so that nobody takes one for the other.
+                    if let Some(named) = incarnations.get(&self.cfg.id) {
+                        if *named != self.incarnation && named.counter >= self.incarnation.counter {
+                            self.take_counter_above(named.counter, out);
+                        }
+                    }
                     self.incarnations = incarnations;
                     self.incarnations.insert(self.cfg.id, self.incarnation);
                     out.push(Output::Persist(Persist::Incarnations(self.incarnations.clone())));
@@ -372,8 +584,12 @@ impl Replica {
                 self.send(vec![from], PeerMsg::FormAck { cluster_id }, out);
             }
             PeerMsg::FormAck { cluster_id } => {
+                // Only an ack from the incarnation our table names counts: a
+                // newer one makes the table change and the round start again.
+                let current = self.peers.get(&from).map(|p| p.incarnation)
+                    == self.incarnations.get(&from).copied();
                 if let Some(f) = &mut self.forming {
-                    if f.cluster_id == cluster_id {
+                    if f.cluster_id == cluster_id && current {
                         f.acks.insert(from);
                     }
                 }

@@ -112,12 +112,29 @@ pub enum PeerMsg {
     /// A learner asks what every replica records for its id (answered from any
     /// incarnation, so a wiped replica learns the counter to beat).
     Join,
-    /// A full member's answer to Join: its table entry for the learner's id.
-    JoinInfo { recorded: Option<Incarnation> },
+    /// A full member's answer to Join: its whole incarnation table. The
+    /// learner's own entry is the counter to beat; the learner merges the
+    /// rest, so a replica whose table was wiped with its disk learns again
+    /// what a majority records.
+    JoinInfo { incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// A learner asks every replica to record its new incarnation (in the envelope).
     Register,
-    /// Recorded durably; `promised` is the member's promised epoch.
-    Registered { promised: Epoch },
+    /// Recorded durably: `incarnation` is the learner incarnation this
+    /// confirms (a late answer for an earlier one must not count),
+    /// `promised` the member's promised epoch, `incarnations` its whole table.
+    Registered {
+        incarnation: Incarnation,
+        promised: Epoch,
+        incarnations: BTreeMap<ReplicaId, Incarnation>,
+    },
+    /// "What I record for your id beats your incarnation, so I drop your
+    /// messages": `recorded` has the same counter with another nonce, or a
+    /// higher one. The answer to a Register that cannot be recorded, and (at
+    /// most once per heartbeat interval) to any other message dropped as
+    /// stale. The receiver picks a counter above `recorded` and registers it;
+    /// a late message from a wiped directory draws a notice that the current
+    /// directory of that id, whose counter is higher, ignores.
+    Superseded { recorded: Incarnation },
     /// Formation: the highest id proposes the cluster id and every incarnation.
     Form { cluster_id: u64, incarnations: BTreeMap<ReplicaId, Incarnation> },
     /// Formation: recorded durably.
@@ -153,6 +170,7 @@ impl PeerMsg {
             PeerMsg::JoinInfo { .. } => "join_info",
             PeerMsg::Register => "register",
             PeerMsg::Registered { .. } => "registered",
+            PeerMsg::Superseded { .. } => "superseded",
             PeerMsg::Form { .. } => "form",
             PeerMsg::FormAck { .. } => "form_ack",
             PeerMsg::Formed { .. } => "formed",

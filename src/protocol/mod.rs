@@ -164,11 +164,13 @@ enum Campaign {
     Bully { deadline: Millis },
     /// A higher id answered ALIVE; waiting for its COORDINATOR until `deadline`.
     AwaitCoordinator { deadline: Millis },
-    /// Bully winner: sent COORDINATOR(epoch); collecting promises.
+    /// Bully winner: sent COORDINATOR(epoch); collecting promises. COORDINATOR
+    /// goes again at `resend_at` to every peer that has not promised yet.
     Promises {
         epoch: Epoch,
         promises: BTreeMap<ReplicaId, election::PromiseInfo>,
         deadline: Millis,
+        resend_at: Millis,
     },
 }
 
@@ -303,6 +305,8 @@ pub struct Replica {
     barriers: Vec<(ReqId, LogIndex)>,
     /// Next keepalive Hello while not leading.
     keepalive_at: Millis,
+    /// When we last told each peer that its incarnation is superseded here.
+    superseded_sent: BTreeMap<ReplicaId, Millis>,
 }
 
 impl Replica {
@@ -357,6 +361,7 @@ impl Replica {
             incoming: None,
             barriers: Vec::new(),
             keepalive_at: Millis(0),
+            superseded_sent: BTreeMap::new(),
             cfg,
         };
         if let Some(snap) = durable.snapshot {
@@ -474,6 +479,7 @@ impl Replica {
             return;
         }
         if self.is_stale_incarnation(from, env.incarnation) {
+            self.notice_superseded(now, from, out);
             self.stats.dropped_messages += 1;
             return;
         }
@@ -487,7 +493,12 @@ impl Replica {
         peer.learner = env.learner;
         self.observe_formation(now, &env, out);
         if !self.is_formed() {
-            self.on_formation_msg(now, env.from, env.msg, out);
+            match env.msg {
+                PeerMsg::Superseded { recorded } => {
+                    self.on_superseded(now, env.learner, recorded, out)
+                }
+                msg => self.on_formation_msg(now, env.from, msg, out),
+            }
             return;
         }
         // Any higher epoch from a full member stops our leading or campaigning
@@ -555,13 +566,14 @@ impl Replica {
                 self.on_snapshot_req(now, from, index, after, out)
             }
             PeerMsg::Join => self.on_join(from, out),
-            PeerMsg::JoinInfo { recorded } => {
-                self.on_join_info(now, from, env.learner, recorded, out)
+            PeerMsg::JoinInfo { incarnations } => {
+                self.on_join_info(now, from, env.learner, incarnations, out)
             }
             PeerMsg::Register => self.on_register(from, inc, out),
-            PeerMsg::Registered { promised } => {
-                self.on_registered(now, from, env.learner, promised, out)
+            PeerMsg::Registered { incarnation, promised, incarnations } => {
+                self.on_registered(now, from, env.learner, incarnation, promised, incarnations, out)
             }
+            PeerMsg::Superseded { recorded } => self.on_superseded(now, env.learner, recorded, out),
             msg @ (PeerMsg::Form { .. } | PeerMsg::FormAck { .. } | PeerMsg::Formed { .. }) => {
                 self.on_formation_msg(now, from, msg, out)
             }

@@ -8,7 +8,11 @@
 //! - a replica's commit index never goes down while it is up, and it applies
 //!   everything it commits in the same step;
 //! - a replica that installs a snapshot (or restarts from one) holds exactly
-//!   the store the chosen commands give at that index.
+//!   the store the chosen commands give at that index;
+//! - no replica holds an entry above its commit index, other than a chosen
+//!   one it fetched, whose ballot is above its promise: an ACCEPT raises the
+//!   promise to its epoch before the entry is stored (DESIGN §4.2), so a
+//!   replica never holds an accepted entry from an epoch it has not promised.
 //!
 //! Slots at or below a replica's snapshot index are no longer in its log;
 //! the snapshot check covers them.
@@ -134,12 +138,37 @@ impl Checker {
         };
         self.record_committed(r, from, commit)?;
         self.commit.insert(id, commit);
+        self.check_accepted_under_promise(r)?;
         let snap = r.snapshot_index();
         if self.snapshot.get(&id) != Some(&snap) {
             self.snapshot.insert(id, snap);
             if snap > LogIndex(0) {
                 self.check_store(r)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Every entry `r` holds above its commit index has a ballot at or below
+    /// its promise, unless it is the slot's chosen entry (catch-up and
+    /// recovery install chosen entries without promising anything; a torn
+    /// crash may then keep them and lose the commit index that covered them).
+    fn check_accepted_under_promise(&self, r: &Replica) -> Result<(), String> {
+        let promise = r.epoch();
+        for (index, entry) in r.log().range(r.commit_index().next()..) {
+            if entry.ballot <= promise {
+                continue;
+            }
+            if self.chosen.get(index).is_some_and(|(chosen, _, _)| *chosen == entry.id) {
+                continue;
+            }
+            return Err(format!(
+                "r{} holds entry {} at slot {index} with ballot {}, above its promise {promise}, \
+                 not committed",
+                r.id(),
+                entry.id,
+                entry.ballot
+            ));
         }
         Ok(())
     }

@@ -267,6 +267,8 @@ pub struct SimCluster {
     pub checker: Checker,
     /// The first invariant violation, if any.
     pub violation: Option<String>,
+    /// When it was found: simulated time and the batches executed by then.
+    pub violation_at: Option<(Millis, u64)>,
     pub trace: Trace,
     /// Client requests without an answer yet, and the replica that holds each.
     outstanding: BTreeMap<ReqId, ReplicaId>,
@@ -339,6 +341,7 @@ impl SimCluster {
             nodes,
             checker: Checker::default(),
             violation: None,
+            violation_at: None,
             trace: Trace::default(),
             outstanding: BTreeMap::new(),
             next_req: 1,
@@ -395,6 +398,7 @@ impl SimCluster {
         if self.violation.is_none() {
             self.note(|| format!("VIOLATION: {why}"));
             self.violation = Some(why);
+            self.violation_at = Some((self.now, self.batches));
         }
     }
 
@@ -714,12 +718,11 @@ impl SimCluster {
         }
     }
 
-    /// True when every replica's formation is complete (on disk, for one that is down).
-    pub fn all_formed(&self) -> bool {
-        self.nodes.iter().all(|n| match &n.replica {
-            Some(r) => r.is_formed(),
-            None => n.disk.recover().is_ok_and(|d| matches!(d.formation, Formation::Complete(_))),
-        })
+    /// True when `id`'s disk durably holds a formed full member (no learner
+    /// mark): what it would come back as from a crash now.
+    pub fn is_durable_full_member(&self, id: ReplicaId) -> bool {
+        let disk = &self.nodes[self.idx(id)].disk;
+        disk.recover().is_ok_and(|d| matches!(d.formation, Formation::Complete(_)) && !d.learner)
     }
 
     /// Cancels an armed crash of `id`.

@@ -7,8 +7,9 @@
 use crate::client::{Reply, Request};
 use crate::protocol::durable::Persist;
 use crate::protocol::message::PeerMsg;
-use crate::protocol::types::{Command, Entry, Formation, LogIndex, ReplicaId};
+use crate::protocol::types::{Command, Entry, Formation, Incarnation, LogIndex, ReplicaId};
 use crate::protocol::Input;
+use std::collections::BTreeMap;
 
 /// Entries shown in one message before the rest is summarised as `+n`.
 const ENTRIES_SHOWN_MAX: usize = 4;
@@ -109,12 +110,14 @@ pub fn msg(m: &PeerMsg) -> String {
             format!("snapshot_req at={index} after={}", after.as_deref().unwrap_or("-"))
         }
         PeerMsg::Join => "join".into(),
-        PeerMsg::JoinInfo { recorded } => match recorded {
-            Some(inc) => format!("join_info recorded={}", inc.counter),
-            None => "join_info recorded=-".into(),
-        },
+        PeerMsg::JoinInfo { incarnations } => format!("join_info {}", table(incarnations)),
         PeerMsg::Register => "register".into(),
-        PeerMsg::Registered { promised } => format!("registered promised={promised}"),
+        PeerMsg::Registered { incarnation, promised, incarnations } => format!(
+            "registered inc={} promised={promised} {}",
+            incarnation.counter,
+            table(incarnations)
+        ),
+        PeerMsg::Superseded { recorded } => format!("superseded recorded={}", recorded.counter),
         PeerMsg::Form { cluster_id, .. } => format!("form {cluster_id:x}"),
         PeerMsg::FormAck { cluster_id } => format!("form_ack {cluster_id:x}"),
         PeerMsg::Formed { cluster_id } => format!("formed {cluster_id:x}"),
@@ -156,11 +159,7 @@ pub fn persist(p: &Persist) -> String {
         Persist::Accept(list) => format!("accept {}", entries(list)),
         Persist::Drop(list) => format!("drop {}", indexes(list)),
         Persist::Commit(c) => format!("commit {c}"),
-        Persist::Incarnations(t) => {
-            let parts: Vec<String> =
-                t.iter().map(|(id, i)| format!("{id}:{}", i.counter)).collect();
-            format!("incarnations [{}]", parts.join(","))
-        }
+        Persist::Incarnations(t) => format!("incarnations {}", table(t)),
         Persist::Formation(f) => format!("formation {}", formation(*f)),
         Persist::Learner(l) => format!("learner {l}"),
         Persist::Checkpoint(c) => format!(
@@ -198,4 +197,10 @@ pub fn input(i: &Input) -> String {
 pub fn ids(list: &[ReplicaId]) -> String {
     let parts: Vec<String> = list.iter().map(|id| id.to_string()).collect();
     parts.join(",")
+}
+
+/// An incarnation table as `[id:counter,…]`.
+fn table(t: &BTreeMap<ReplicaId, Incarnation>) -> String {
+    let parts: Vec<String> = t.iter().map(|(id, i)| format!("{id}:{}", i.counter)).collect();
+    format!("[{}]", parts.join(","))
 }

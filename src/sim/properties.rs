@@ -5,7 +5,8 @@
 
 use super::cluster::{ClientEvent, CrashPoint, SimCluster, SimConfig};
 use crate::client::{Reply, Request};
-use crate::protocol::types::{Command, EntryId, Epoch, LogIndex, ReplicaId, ReqId};
+use crate::protocol::message::PeerMsg;
+use crate::protocol::types::{Command, EntryId, Epoch, Incarnation, LogIndex, ReplicaId, ReqId};
 use std::collections::BTreeMap;
 
 /// A manual cluster, the replies it gave, and helpers to drive it.
@@ -20,7 +21,11 @@ fn r(id: u8) -> ReplicaId {
 
 impl Scenario {
     fn new(n: usize) -> Scenario {
-        let mut c = SimCluster::new(SimConfig::new(n), 7, true);
+        Scenario::with(SimConfig::new(n))
+    }
+
+    fn with(cfg: SimConfig) -> Scenario {
+        let mut c = SimCluster::new(cfg, 7, true);
         c.trace.on = true;
         c.start();
         Scenario { c, replies: BTreeMap::new() }
@@ -99,6 +104,87 @@ impl Scenario {
 
     fn trace_has(&self, needle: &str) -> bool {
         self.c.trace.lines.iter().any(|l| l.contains(needle))
+    }
+
+    /// Crashes `id`, wipes its data directory and restarts it (a learner).
+    fn wipe(&mut self, id: u8) {
+        self.c.crash(r(id), 0);
+        self.c.wipe(r(id));
+        self.c.restart(r(id));
+        self.check();
+    }
+
+    /// Runs until `done` holds, for at most `ms`.
+    fn run_until(&mut self, ms: u64, what: &str, done: impl Fn(&SimCluster) -> bool) {
+        for _ in 0..ms {
+            if done(&self.c) {
+                return;
+            }
+            self.run(1);
+        }
+        let status: Vec<String> = self
+            .c
+            .ids()
+            .into_iter()
+            .map(|id| match self.c.replica(id) {
+                Some(x) => format!("r{id}: {}", x.status(self.c.now)),
+                None => format!("r{id}: down"),
+            })
+            .collect();
+        let lines = &self.c.trace.lines;
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        panic!("not {what} within {ms}ms:\n{}\n{tail}", status.join("\n"));
+    }
+
+    /// Delivers one link's queue at a time (ticking between rounds) until
+    /// `done` holds, so the messages of the step that made it hold are still
+    /// queued.
+    fn hop_until(&mut self, ms: u64, what: &str, done: impl Fn(&SimCluster) -> bool) {
+        for _ in 0..ms {
+            self.c.tick(1);
+            for a in self.c.ids() {
+                for b in self.c.ids() {
+                    if done(&self.c) {
+                        self.check();
+                        return;
+                    }
+                    if a != b {
+                        self.c.deliver_link(a, b);
+                    }
+                }
+            }
+        }
+        panic!("not {what} within {ms}ms");
+    }
+
+    /// Runs until `id` is a full member again.
+    fn run_until_promoted(&mut self, id: u8) {
+        let promoted = |c: &SimCluster| {
+            c.replica(r(id)).is_some_and(|x| x.is_formed() && x.role_name() != "learner")
+        };
+        self.run_until(2000, &format!("r{id} promoted"), promoted);
+    }
+
+    /// `id`'s current incarnation.
+    fn incarnation(&self, id: u8) -> Incarnation {
+        self.c.replica(r(id)).expect("up").incarnation()
+    }
+
+    /// No replica records an incarnation of `id` that supersedes its current
+    /// one (a replica cut off while it registered may record an older one,
+    /// whose messages it drops), and all follow one serving leader.
+    fn assert_none_supersedes(&self, id: u8) {
+        let current = self.incarnation(id);
+        let leader = self.leader();
+        for other in self.c.ids() {
+            let x = self.c.replica(other).expect("up");
+            let recorded = x.incarnations().get(&r(id)).copied().unwrap_or_default();
+            assert!(
+                recorded == current || recorded.counter < current.counter,
+                "r{other} records {recorded} for r{id}, whose incarnation is {current}"
+            );
+            assert_eq!(x.leader_id(), Some(r(leader)), "r{other} follows r{leader}");
+        }
     }
 }
 
@@ -336,4 +422,136 @@ fn a_winner_cut_off_during_its_promise_fsync_may_claim_that_epoch_again() {
     assert_eq!(s.leader(), 3);
     let leaders = s.c.checker.leaders();
     assert_eq!(leaders.get(&Epoch(3)), Some(&(r(3), 1)), "{leaders:?}");
+}
+
+#[test]
+fn a_learner_promoted_after_a_wipe_tells_the_next_learner_the_counter_to_beat() {
+    // r1 comes back wiped while r4 is cut off, so only r2, r3 and r5 record
+    // its new incarnation. Then r2 and r3 are wiped in turn: each relearns
+    // the table from a majority. r1 is wiped again while r5 is cut off: r2,
+    // r3 and r4 answer its Join, and the promoted r2 and r3 must tell it the
+    // counter r5 records, or r5 would ignore the new r1 for good.
+    let mut s = Scenario::new(5);
+    s.run(300);
+    s.c.partition(&[vec![r(1), r(2), r(3), r(5)], vec![r(4)]]);
+    s.wipe(1);
+    s.run_until_promoted(1);
+    let first = s.incarnation(1);
+    s.c.heal();
+    s.run(200);
+    for id in [2, 3] {
+        s.wipe(id);
+        s.run_until_promoted(id);
+        s.run(200);
+        let table = s.c.replica(r(id)).unwrap().incarnations().clone();
+        assert_eq!(table.get(&r(1)), Some(&first), "promoted r{id} relearned r1's incarnation");
+    }
+    s.c.partition(&[vec![r(1), r(2), r(3), r(4)], vec![r(5)]]);
+    s.wipe(1);
+    s.run_until_promoted(1);
+    let second = s.incarnation(1);
+    assert!(second.counter > first.counter, "{second} after {first}");
+    s.c.heal();
+    s.run(500);
+    s.assert_none_supersedes(1);
+}
+
+#[test]
+fn a_replica_promoted_with_a_counter_that_a_minority_records_otherwise_moves_above_it() {
+    // r5 is wiped and picks a new incarnation, but only r1 hears its
+    // Register before r5 is wiped again. With r1 cut off, r2, r3 and r4
+    // answer the new r5's Join: they record its first incarnation, so it
+    // picks the same counter again (another nonce) and is promoted. r1
+    // drops its messages as stale once the partition heals, and says so:
+    // r5 moves to a higher counter that everyone records.
+    let mut s = Scenario::new(5);
+    s.run(300);
+    s.c.crash(r(5), 0);
+    s.c.wipe(r(5));
+    s.c.restart(r(5));
+    s.hop_until(500, "r5 registering", |c| {
+        c.replica(r(5)).is_some_and(|x| x.status(c.now).contains("learning=register"))
+    });
+    let first = s.incarnation(5);
+    let to_r1 = s.c.take_link(r(5), r(1));
+    assert!(to_r1.iter().any(|m| matches!(m.env.msg, PeerMsg::Register)));
+    s.c.deliver_msgs(to_r1);
+    for id in [2, 3, 4] {
+        s.c.drop_link(r(5), r(id));
+    }
+    s.check();
+    assert_eq!(s.c.replica(r(1)).unwrap().incarnations().get(&r(5)), Some(&first));
+    s.c.partition(&[vec![r(2), r(3), r(4), r(5)], vec![r(1)]]);
+    s.wipe(5);
+    s.run_until_promoted(5);
+    assert_eq!(s.incarnation(5).counter, first.counter, "the same counter, picked again");
+    assert_ne!(s.incarnation(5), first);
+    s.c.heal();
+    s.run(500);
+    assert!(s.incarnation(5).counter > first.counter, "r5 moved above r1's record");
+    s.assert_none_supersedes(5);
+    let recorders = s.c.ids().into_iter().filter(|id| {
+        s.c.replica(*id).unwrap().incarnations().get(&r(5)) == Some(&s.incarnation(5))
+    });
+    assert!(recorders.count() >= 3, "a majority records r5's final incarnation");
+}
+
+/// A cluster of `n` blank directories that must form first.
+fn unformed(n: usize) -> Scenario {
+    Scenario::with(SimConfig { formed: false, ..SimConfig::new(n) })
+}
+
+/// Runs until every replica is formed and one leader serves all.
+fn run_until_formed_and_led(s: &mut Scenario) {
+    let done = |c: &SimCluster| {
+        let Some(leader) = c.serving_leader() else { return false };
+        c.ids().into_iter().all(|id| {
+            c.replica(id).is_some_and(|x| {
+                x.is_formed() && x.role_name() != "learner" && x.leader_id() == Some(leader)
+            })
+        })
+    };
+    s.run_until(3000, "formed, with one leader followed by all", done);
+}
+
+#[test]
+fn a_replica_wiped_before_it_acknowledged_form_takes_a_higher_counter_and_the_cluster_forms() {
+    // r3 (the highest id) sends FORM; r1's acknowledgement is lost and r1 is
+    // wiped. The blank r1 gets FORM again, naming its old incarnation: it
+    // moves above it, and r3 asks everyone to record the new table.
+    let mut s = unformed(3);
+    s.hop_until(500, "FORM sent", |c| {
+        c.replica(r(3)).is_some_and(|x| x.status(c.now).contains("cluster=pending"))
+    });
+    s.c.deliver_link(r(3), r(1));
+    s.c.drop_link(r(1), r(3));
+    let old = s.incarnation(1);
+    s.wipe(1);
+    run_until_formed_and_led(&mut s);
+    let new = s.incarnation(1);
+    assert!(new.counter > old.counter, "{new} after {old}");
+    s.assert_none_supersedes(1);
+}
+
+#[test]
+fn a_former_wiped_before_formation_completes_forms_the_cluster_again() {
+    // r3 sends FORM and r1 and r2 record it, but r3 is wiped before it hears
+    // their acknowledgements. The blank r3 is told that its old incarnation
+    // is recorded, moves above it, and forms the pending cluster again.
+    let mut s = unformed(3);
+    s.hop_until(500, "FORM sent", |c| {
+        c.replica(r(3)).is_some_and(|x| x.status(c.now).contains("cluster=pending"))
+    });
+    let cluster = s.c.replica(r(3)).unwrap().status(s.c.now);
+    for id in [1, 2] {
+        s.c.deliver_link(r(3), r(id));
+        s.c.drop_link(r(id), r(3));
+    }
+    let old = s.incarnation(3);
+    s.wipe(3);
+    run_until_formed_and_led(&mut s);
+    assert!(s.incarnation(3).counter > old.counter);
+    let pending = cluster.split("cluster=pending:").nth(1).unwrap().split(' ').next().unwrap();
+    assert_eq!(s.c.replica(r(1)).unwrap().cluster_id(), u64::from_str_radix(pending, 16).ok());
+    s.assert_none_supersedes(3);
 }

@@ -5,6 +5,9 @@
 //! - `SIM_SEED=n cargo test --release sim`: replays seed n, prints its trace.
 //! - `SIM_SEEDS=n`: runs n seeds (from `SIM_SEED_FIRST`, default 0).
 //! - `SIM_WIPES_PER_RUN=n`: allows n disk wipes per seed (default 1; see `runner::wipes_per_run`).
+//! - `SIM_STOP_AFTER_FAILURES=k`: hands out no new seed once k seeds failed
+//!   (seeds already running finish, so every seed below the last one handed
+//!   out has run and the lowest failing seed reported is the first one).
 //!
 //! A failing seed prints `reproduce: SIM_SEED=n cargo test --release sim` and
 //! the last lines of its trace (the seed is re-run with tracing on: a seed is
@@ -77,17 +80,23 @@ fn sim_sweep() {
     let default = if cfg!(debug_assertions) { SEEDS_DEBUG } else { SEEDS_RELEASE };
     let count = env_u64("SIM_SEEDS").unwrap_or(default);
     let first = env_u64("SIM_SEED_FIRST").unwrap_or(0);
+    let stop_after = env_u64("SIM_STOP_AFTER_FAILURES").map(|k| k.max(1) as usize);
     let next = AtomicU64::new(first);
+    let ran = AtomicU64::new(0);
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..SWEEP_THREADS {
             s.spawn(|| loop {
+                if stop_after.is_some_and(|k| failures.lock().unwrap().len() >= k) {
+                    break;
+                }
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= first + count {
                     break;
                 }
                 let SeedResult { outcome, .. } = run_seed(seed, false);
+                ran.fetch_add(1, Ordering::Relaxed);
                 if let Err(why) = outcome {
                     failures.lock().unwrap().push((seed, why));
                 }
@@ -95,15 +104,18 @@ fn sim_sweep() {
         }
     });
     let secs = started.elapsed().as_secs_f64();
+    let ran = ran.into_inner();
     let mut failures = failures.into_inner().unwrap();
     failures.sort();
     for (seed, why) in &failures {
         report_failure(*seed, why);
     }
+    let stopped =
+        if ran < count { format!(" (stopped early: {ran} of {count} run)") } else { String::new() };
     say(&format!(
-        "sim: {count} seeds, {} failures ({:.1} seeds/s, {secs:.1}s, {SWEEP_THREADS} threads)",
+        "sim: {ran} seeds, {} failures{stopped} ({:.1} seeds/s, {secs:.1}s, {SWEEP_THREADS} threads)",
         failures.len(),
-        count as f64 / secs.max(1e-9)
+        ran as f64 / secs.max(1e-9)
     ));
     if !failures.is_empty() {
         let seeds: Vec<String> = failures.iter().map(|(s, _)| s.to_string()).collect();
