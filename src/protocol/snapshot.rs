@@ -14,10 +14,9 @@
 
 use super::durable::{Checkpoint, Snapshot};
 use super::message::{PeerMsg, SnapshotItem};
+use super::store::Store;
 use super::types::{LogIndex, Millis, ReplicaId};
 use super::{Output, Persist, Replica};
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 /// Bytes of keys and values per snapshot chunk: big enough to move tens of
@@ -37,7 +36,7 @@ pub(super) struct Outgoing {
 pub(super) struct Incoming {
     pub from: ReplicaId,
     pub index: LogIndex,
-    pub store: BTreeMap<String, (u64, Vec<u8>)>,
+    pub store: Store,
     pub last_key: Option<String>,
     /// Dropped (and asked for again) if no chunk arrives by then.
     pub deadline: Millis,
@@ -144,20 +143,21 @@ impl Replica {
         let Some(o) = self.outgoing.get_mut(&to) else { return };
         o.used_at = now;
         let image = o.image.clone();
-        let range = match &after {
-            Some(key) => image.store.range::<String, _>((Bound::Excluded(key), Bound::Unbounded)),
-            None => image.store.range::<String, _>(..),
-        };
         let mut items = Vec::new();
         let mut bytes = 0;
         let mut done = true;
-        for (key, (version, value)) in range {
+        for r in image.store.range_after(after.as_deref()) {
             if bytes >= SNAPSHOT_CHUNK_BYTES {
                 done = false;
                 break;
             }
+            let (key, value) = (r.key(), r.value());
             bytes += key.len() + value.len() + 16;
-            items.push(SnapshotItem { key: key.clone(), version: *version, value: value.clone() });
+            items.push(SnapshotItem {
+                key: key.to_string(),
+                version: r.version(),
+                value: value.to_vec(),
+            });
         }
         if done {
             self.outgoing.remove(&to);
@@ -201,13 +201,13 @@ impl Replica {
                 crate::qlog!("catch-up: receiving snapshot at {index} from {from}");
             }
             self.incoming =
-                Some(Incoming { from, index, store: BTreeMap::new(), last_key: None, deadline });
+                Some(Incoming { from, index, store: Store::new(), last_key: None, deadline });
         }
         let incoming = self.incoming.as_mut().expect("set above");
         incoming.deadline = deadline;
         for item in items {
-            incoming.last_key = Some(item.key.clone());
-            incoming.store.insert(item.key, (item.version, item.value));
+            incoming.store.insert(&item.key, item.version, &item.value);
+            incoming.last_key = Some(item.key);
         }
         self.fetch = None;
         if done {
@@ -224,7 +224,7 @@ impl Replica {
         &mut self,
         now: Millis,
         index: LogIndex,
-        store: BTreeMap<String, (u64, Vec<u8>)>,
+        store: Store,
         out: &mut Vec<Output>,
     ) {
         assert!(index > self.commit, "a snapshot never rolls a replica back");

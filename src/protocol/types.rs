@@ -1,7 +1,9 @@
 //! The nouns of the protocol (DESIGN §3.1) as newtypes, so an epoch is never
 //! mistaken for a log index and a replica id never for a count.
 
-use serde::{Deserialize, Serialize};
+use super::store::Record;
+use serde::ser::SerializeStructVariant;
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 
 /// A replica's 1-based position in the `--peers` list. Bully prefers the highest.
@@ -57,20 +59,120 @@ pub struct EntryId {
 }
 
 /// What a log entry does to the store when it is applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A PUT or CAS carries its key and value as the [`Record`] the store will
+/// hold once the entry is applied, already stamped with the entry's index (the
+/// key's version then): the log and the store share one allocation per write.
+/// Build them with [`Command::put`] and [`Command::cas`]. On the wire and in
+/// the WAL a command looks as if it held the key and value as plain fields.
+#[derive(Clone, Debug, Eq)]
 pub enum Command {
     /// Fills a slot without changing the store (recovery holes, a new leader's first entry).
     Noop,
-    /// Sets `key` to `value`; the key's version becomes the entry's index.
+    /// Sets the record's key to its value; the key's version becomes the entry's index.
+    Put(Record),
+    /// Removes `key`; its version becomes 0. A log entry, never a local removal.
+    Del { key: String },
+    /// Sets the record's key to its value only if the key's version is
+    /// `expected` at apply time (0 = only if absent). Every replica decides it
+    /// the same way.
+    Cas { expected: u64, record: Record },
+}
+
+impl Command {
+    /// A PUT of `key` = `value` for the entry at `index`.
+    pub fn put(index: LogIndex, key: &str, value: &[u8]) -> Command {
+        Command::Put(Record::new(key, index.0, value))
+    }
+
+    /// A CAS of `key` from version `expected` to `value`, for the entry at `index`.
+    pub fn cas(index: LogIndex, key: &str, expected: u64, value: &[u8]) -> Command {
+        Command::Cas { expected, record: Record::new(key, index.0, value) }
+    }
+
+    /// The key the command writes, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Command::Noop => None,
+            Command::Put(record) | Command::Cas { record, .. } => Some(record.key()),
+            Command::Del { key } => Some(key),
+        }
+    }
+
+    /// The value a PUT or CAS writes.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            Command::Put(record) | Command::Cas { record, .. } => Some(record.value()),
+            Command::Noop | Command::Del { .. } => None,
+        }
+    }
+}
+
+/// Commands are equal when they do the same: a record's version is only the
+/// index it was built for, and the entry's index decides the version applied.
+impl PartialEq for Command {
+    fn eq(&self, other: &Command) -> bool {
+        match (self, other) {
+            (Command::Noop, Command::Noop) => true,
+            (Command::Put(a), Command::Put(b)) => a.same_key_value(b),
+            (Command::Del { key: a }, Command::Del { key: b }) => a == b,
+            (Command::Cas { expected: x, record: a }, Command::Cas { expected: y, record: b }) => {
+                x == y && a.same_key_value(b)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The serialized form is that of an enum with plain fields:
+/// `Put { key, value }`, `Del { key }`, `Cas { key, version, value }`.
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// A value, through [`value_bytes`].
+        struct Value<'a>(&'a [u8]);
+        impl Serialize for Value<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                value_bytes::serialize(self.0, s)
+            }
+        }
+        match self {
+            Command::Noop => s.serialize_unit_variant("Command", 0, "Noop"),
+            Command::Put(record) => {
+                let mut v = s.serialize_struct_variant("Command", 1, "Put", 2)?;
+                v.serialize_field("key", record.key())?;
+                v.serialize_field("value", &Value(record.value()))?;
+                v.end()
+            }
+            Command::Del { key } => {
+                let mut v = s.serialize_struct_variant("Command", 2, "Del", 1)?;
+                v.serialize_field("key", key)?;
+                v.end()
+            }
+            Command::Cas { expected, record } => {
+                let mut v = s.serialize_struct_variant("Command", 3, "Cas", 3)?;
+                v.serialize_field("key", record.key())?;
+                v.serialize_field("version", expected)?;
+                v.serialize_field("value", &Value(record.value()))?;
+                v.end()
+            }
+        }
+    }
+}
+
+/// A command as it is serialized; it becomes a [`Command`] once the index of
+/// its entry is known.
+#[derive(Deserialize)]
+#[serde(rename = "Command")]
+enum CommandFields {
+    Noop,
     Put {
         key: String,
         #[serde(with = "value_bytes")]
         value: Vec<u8>,
     },
-    /// Removes `key`; its version becomes 0. A log entry, never a local removal.
-    Del { key: String },
-    /// Sets `key` to `value` only if the key's version is `version` at apply time
-    /// (0 = only if absent). Every replica decides it the same way.
+    Del {
+        key: String,
+    },
     Cas {
         key: String,
         version: u64,
@@ -79,18 +181,33 @@ pub enum Command {
     },
 }
 
-impl Command {
-    /// The key the command writes, if any.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Command::Noop => None,
-            Command::Put { key, .. } | Command::Del { key } | Command::Cas { key, .. } => Some(key),
-        }
+/// An entry as it is serialized.
+#[derive(Deserialize)]
+#[serde(rename = "Entry")]
+struct EntryFields {
+    id: EntryId,
+    ballot: Epoch,
+    command: CommandFields,
+}
+
+impl From<EntryFields> for Entry {
+    fn from(e: EntryFields) -> Entry {
+        let index = e.id.index;
+        let command = match e.command {
+            CommandFields::Noop => Command::Noop,
+            CommandFields::Put { key, value } => Command::put(index, &key, &value),
+            CommandFields::Del { key } => Command::Del { key },
+            CommandFields::Cas { key, version, value } => {
+                Command::cas(index, &key, version, &value)
+            }
+        };
+        Entry { id: e.id, ballot: e.ballot, command }
     }
 }
 
 /// An accepted log entry: its id, the ballot it was last accepted in, the command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EntryFields")]
 pub struct Entry {
     pub id: EntryId,
     /// The epoch in which this replica last accepted the entry. Only decides

@@ -17,9 +17,11 @@ const ENTRIES_SHOWN_MAX: usize = 4;
 pub fn command(c: &Command) -> String {
     match c {
         Command::Noop => "noop".into(),
-        Command::Put { key, value } => format!("put {key}={}", bytes(value)),
+        Command::Put(r) => format!("put {}={}", r.key(), bytes(r.value())),
         Command::Del { key } => format!("del {key}"),
-        Command::Cas { key, version, value } => format!("cas {key}@{version}={}", bytes(value)),
+        Command::Cas { expected, record: r } => {
+            format!("cas {}@{expected}={}", r.key(), bytes(r.value()))
+        }
     }
 }
 
