@@ -222,9 +222,9 @@ impl Replica {
         let epoch = self.promise;
         let index = self.last_index().next();
         let command = match request {
-            Request::Put { key, value } => Command::put(index, &key, &value),
+            Request::Put { key, value } => Command::put(&key, &value),
             Request::Del { key } => Command::Del { key },
-            Request::Cas { key, version, value } => Command::cas(index, &key, version, &value),
+            Request::Cas { key, version, value } => Command::cas(&key, version, &value),
             other => panic!("propose_write of a non-write {other:?}"),
         };
         self.propose_at(now, index, Entry { id: EntryId { epoch, index }, ballot: epoch, command });
@@ -527,18 +527,18 @@ impl Replica {
     fn apply(&mut self, index: LogIndex, command: &Command) -> Option<Reply> {
         match command {
             Command::Noop => None,
-            Command::Put(record) => {
-                self.store.insert_at(index.0, record);
+            Command::Put(kv) => {
+                self.store.insert(kv.key(), index.0, kv.value());
                 Some(Reply::Written(index.0))
             }
             Command::Del { key } => {
                 self.store.remove(key);
                 Some(Reply::Written(index.0))
             }
-            Command::Cas { expected, record } => {
-                let current = self.store.version(record.key());
+            Command::Cas { expected, kv } => {
+                let current = self.store.version(kv.key());
                 if current == *expected {
-                    self.store.insert_at(index.0, record);
+                    self.store.insert(kv.key(), index.0, kv.value());
                     Some(Reply::Written(index.0))
                 } else {
                     Some(Reply::Error(ClientError::Conflict(current)))

@@ -1,10 +1,10 @@
 //! The nouns of the protocol (DESIGN §3.1) as newtypes, so an epoch is never
 //! mistaken for a log index and a replica id never for a count.
 
-use super::store::Record;
 use serde::ser::SerializeStructVariant;
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
+use std::sync::Arc;
 
 /// A replica's 1-based position in the `--peers` list. Bully prefers the highest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,74 +58,89 @@ pub struct EntryId {
     pub index: LogIndex,
 }
 
-/// What a log entry does to the store when it is applied.
-///
-/// A PUT or CAS carries its key and value as the [`Record`] the store will
-/// hold once the entry is applied, already stamped with the entry's index (the
-/// key's version then): the log and the store share one allocation per write.
-/// Build them with [`Command::put`] and [`Command::cas`]. On the wire and in
-/// the WAL a command looks as if it held the key and value as plain fields.
-#[derive(Clone, Debug, Eq)]
+/// A key and a value in one shared allocation: what a PUT or CAS writes.
+/// Cloning is a reference-count increment, so the log, the WAL batch and
+/// every ACCEPT carrying an entry share one copy of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyValue(Arc<[u8]>);
+
+/// Layout: key length (u32 LE), key, value.
+const KV_KEY_AT: usize = 4;
+
+impl KeyValue {
+    /// `key` and `value` in one allocation of the exact size.
+    pub fn new(key: &str, value: &[u8]) -> KeyValue {
+        let key_len = u32::try_from(key.len()).expect("a key is shorter than 4 GiB");
+        let mut bytes: Arc<[u8]> =
+            std::iter::repeat_n(0u8, KV_KEY_AT + key.len() + value.len()).collect();
+        let buf = Arc::get_mut(&mut bytes).expect("just made, not shared");
+        buf[..KV_KEY_AT].copy_from_slice(&key_len.to_le_bytes());
+        buf[KV_KEY_AT..KV_KEY_AT + key.len()].copy_from_slice(key.as_bytes());
+        buf[KV_KEY_AT + key.len()..].copy_from_slice(value);
+        KeyValue(bytes)
+    }
+
+    fn key_end(&self) -> usize {
+        let len = u32::from_le_bytes(self.0[..KV_KEY_AT].try_into().expect("4 bytes"));
+        KV_KEY_AT + len as usize
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        std::str::from_utf8(&self.0[KV_KEY_AT..self.key_end()]).expect("built from a str")
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.0[self.key_end()..]
+    }
+}
+
+impl fmt::Debug for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({:?}, {:?})", self.key(), String::from_utf8_lossy(self.value()))
+    }
+}
+
+/// What a log entry does to the store when it is applied. A PUT or CAS holds
+/// its key and value as one [`KeyValue`]; serialized (wire, WAL), a command
+/// looks as if it held them as plain fields: `Put { key, value }`,
+/// `Del { key }`, `Cas { key, version, value }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "CommandFields")]
 pub enum Command {
     /// Fills a slot without changing the store (recovery holes, a new leader's first entry).
     Noop,
-    /// Sets the record's key to its value; the key's version becomes the entry's index.
-    Put(Record),
+    /// Sets the key to the value; the key's version becomes the entry's index.
+    Put(KeyValue),
     /// Removes `key`; its version becomes 0. A log entry, never a local removal.
     Del { key: String },
-    /// Sets the record's key to its value only if the key's version is
-    /// `expected` at apply time (0 = only if absent). Every replica decides it
-    /// the same way.
-    Cas { expected: u64, record: Record },
+    /// Sets the key to the value only if the key's version is `expected` at
+    /// apply time (0 = only if absent). Every replica decides it the same way.
+    Cas { expected: u64, kv: KeyValue },
 }
 
 impl Command {
-    /// A PUT of `key` = `value` for the entry at `index`.
-    pub fn put(index: LogIndex, key: &str, value: &[u8]) -> Command {
-        Command::Put(Record::new(key, index.0, value))
+    /// A PUT of `key` = `value`.
+    pub fn put(key: &str, value: &[u8]) -> Command {
+        Command::Put(KeyValue::new(key, value))
     }
 
-    /// A CAS of `key` from version `expected` to `value`, for the entry at `index`.
-    pub fn cas(index: LogIndex, key: &str, expected: u64, value: &[u8]) -> Command {
-        Command::Cas { expected, record: Record::new(key, index.0, value) }
+    /// A CAS of `key` from version `expected` to `value`.
+    pub fn cas(key: &str, expected: u64, value: &[u8]) -> Command {
+        Command::Cas { expected, kv: KeyValue::new(key, value) }
     }
 
     /// The key the command writes, if any.
     pub fn key(&self) -> Option<&str> {
         match self {
             Command::Noop => None,
-            Command::Put(record) | Command::Cas { record, .. } => Some(record.key()),
+            Command::Put(kv) | Command::Cas { kv, .. } => Some(kv.key()),
             Command::Del { key } => Some(key),
         }
     }
-
-    /// The value a PUT or CAS writes.
-    pub fn value(&self) -> Option<&[u8]> {
-        match self {
-            Command::Put(record) | Command::Cas { record, .. } => Some(record.value()),
-            Command::Noop | Command::Del { .. } => None,
-        }
-    }
 }
 
-/// Commands are equal when they do the same: a record's version is only the
-/// index it was built for, and the entry's index decides the version applied.
-impl PartialEq for Command {
-    fn eq(&self, other: &Command) -> bool {
-        match (self, other) {
-            (Command::Noop, Command::Noop) => true,
-            (Command::Put(a), Command::Put(b)) => a.same_key_value(b),
-            (Command::Del { key: a }, Command::Del { key: b }) => a == b,
-            (Command::Cas { expected: x, record: a }, Command::Cas { expected: y, record: b }) => {
-                x == y && a.same_key_value(b)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The serialized form is that of an enum with plain fields:
-/// `Put { key, value }`, `Del { key }`, `Cas { key, version, value }`.
 impl Serialize for Command {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         /// A value, through [`value_bytes`].
@@ -137,10 +152,10 @@ impl Serialize for Command {
         }
         match self {
             Command::Noop => s.serialize_unit_variant("Command", 0, "Noop"),
-            Command::Put(record) => {
+            Command::Put(kv) => {
                 let mut v = s.serialize_struct_variant("Command", 1, "Put", 2)?;
-                v.serialize_field("key", record.key())?;
-                v.serialize_field("value", &Value(record.value()))?;
+                v.serialize_field("key", kv.key())?;
+                v.serialize_field("value", &Value(kv.value()))?;
                 v.end()
             }
             Command::Del { key } => {
@@ -148,19 +163,18 @@ impl Serialize for Command {
                 v.serialize_field("key", key)?;
                 v.end()
             }
-            Command::Cas { expected, record } => {
+            Command::Cas { expected, kv } => {
                 let mut v = s.serialize_struct_variant("Command", 3, "Cas", 3)?;
-                v.serialize_field("key", record.key())?;
+                v.serialize_field("key", kv.key())?;
                 v.serialize_field("version", expected)?;
-                v.serialize_field("value", &Value(record.value()))?;
+                v.serialize_field("value", &Value(kv.value()))?;
                 v.end()
             }
         }
     }
 }
 
-/// A command as it is serialized; it becomes a [`Command`] once the index of
-/// its entry is known.
+/// A command as it is serialized.
 #[derive(Deserialize)]
 #[serde(rename = "Command")]
 enum CommandFields {
@@ -181,33 +195,19 @@ enum CommandFields {
     },
 }
 
-/// An entry as it is serialized.
-#[derive(Deserialize)]
-#[serde(rename = "Entry")]
-struct EntryFields {
-    id: EntryId,
-    ballot: Epoch,
-    command: CommandFields,
-}
-
-impl From<EntryFields> for Entry {
-    fn from(e: EntryFields) -> Entry {
-        let index = e.id.index;
-        let command = match e.command {
+impl From<CommandFields> for Command {
+    fn from(c: CommandFields) -> Command {
+        match c {
             CommandFields::Noop => Command::Noop,
-            CommandFields::Put { key, value } => Command::put(index, &key, &value),
+            CommandFields::Put { key, value } => Command::put(&key, &value),
             CommandFields::Del { key } => Command::Del { key },
-            CommandFields::Cas { key, version, value } => {
-                Command::cas(index, &key, version, &value)
-            }
-        };
-        Entry { id: e.id, ballot: e.ballot, command }
+            CommandFields::Cas { key, version, value } => Command::cas(&key, version, &value),
+        }
     }
 }
 
 /// An accepted log entry: its id, the ballot it was last accepted in, the command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "EntryFields")]
 pub struct Entry {
     pub id: EntryId,
     /// The epoch in which this replica last accepted the entry. Only decides

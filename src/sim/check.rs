@@ -221,16 +221,16 @@ impl Checker {
 fn apply(store: &mut Store, index: LogIndex, command: &Command) {
     match command {
         Command::Noop => {}
-        Command::Put(record) => {
-            store.insert(record.key().to_string(), (index.0, record.value().to_vec()));
+        Command::Put(kv) => {
+            store.insert(kv.key().to_string(), (index.0, kv.value().to_vec()));
         }
         Command::Del { key } => {
             store.remove(key);
         }
-        Command::Cas { expected, record } => {
-            let current = store.get(record.key()).map(|(v, _)| *v).unwrap_or(0);
+        Command::Cas { expected, kv } => {
+            let current = store.get(kv.key()).map(|(v, _)| *v).unwrap_or(0);
             if current == *expected {
-                store.insert(record.key().to_string(), (index.0, record.value().to_vec()));
+                store.insert(kv.key().to_string(), (index.0, kv.value().to_vec()));
             }
         }
     }

@@ -17,10 +17,10 @@ const ENTRIES_SHOWN_MAX: usize = 4;
 pub fn command(c: &Command) -> String {
     match c {
         Command::Noop => "noop".into(),
-        Command::Put(r) => format!("put {}={}", r.key(), bytes(r.value())),
+        Command::Put(kv) => format!("put {}={}", kv.key(), bytes(kv.value())),
         Command::Del { key } => format!("del {key}"),
-        Command::Cas { expected, record: r } => {
-            format!("cas {}@{expected}={}", r.key(), bytes(r.value()))
+        Command::Cas { expected, kv } => {
+            format!("cas {}@{expected}={}", kv.key(), bytes(kv.value()))
         }
     }
 }

@@ -32,7 +32,7 @@
 
 use super::{Error, FsyncPolicy, Result};
 use crate::protocol::durable::Snapshot;
-use crate::protocol::store::{Record, Store};
+use crate::protocol::store::Store;
 use crate::protocol::types::LogIndex;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -316,7 +316,7 @@ pub fn load_snapshot(path: &Path, index: LogIndex) -> Result<Snapshot> {
         let version = r.u64("version")?;
         let value_len = r.u32("value length")?;
         r.bytes(value_len, "value", &mut value)?;
-        store.insert_record(Record::new(key, version, &value));
+        store.insert(key, version, &value);
     }
     if r.offset != limit {
         let detail = format!("{} bytes after the last key, before the checksum", limit - r.offset);

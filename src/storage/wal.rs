@@ -1169,7 +1169,7 @@ mod tests {
     }
 
     fn put(key: &str, value: &[u8]) -> Command {
-        Command::put(LogIndex(0), key, value)
+        Command::put(key, value)
     }
 
     /// Every `Persist` variant, with replays that must not be naive: a
@@ -1188,7 +1188,7 @@ mod tests {
                 entry(4, 1, 4, Command::Noop),
                 entry(4, 2, 4, put("k", b"v\0\xff\n")),
                 entry(4, 3, 4, Command::Del { key: "k".to_string() }),
-                entry(4, 4, 4, Command::cas(LogIndex(4), "c", 2, b"x")),
+                entry(4, 4, 4, Command::cas("c", 2, b"x")),
             ]),
             Persist::Commit(LogIndex(2)),
             Persist::Formation(Formation::Complete(77)),
