@@ -296,6 +296,8 @@ pub struct Replica {
     snapshot_pending: Option<LogIndex>,
     /// Snapshot at the next flush regardless of the interval.
     snapshot_requested: bool,
+    /// Log entries a snapshot made obsolete, freed a slice per flush.
+    compacted_log: Vec<BTreeMap<LogIndex, Entry>>,
     /// Snapshots being sent, per receiver.
     outgoing: BTreeMap<ReplicaId, snapshot::Outgoing>,
     /// A snapshot being received.
@@ -354,6 +356,7 @@ impl Replica {
             snapshot_index: LogIndex(0),
             snapshot_pending: None,
             snapshot_requested: false,
+            compacted_log: Vec::new(),
             outgoing: BTreeMap::new(),
             incoming: None,
             barriers: Vec::new(),
