@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //! Keys live in sorted *pages* of about [`PAGE_BYTES`] of record bytes each.
-//! A page is one byte buffer holding its records back to back (version,
-//! key, value: 20 bytes of framing per key, no allocation per key) and a list
-//! of where each live record starts, in key order. A write appends the new
+//! A page is one byte buffer holding its records back to back (key,
+//! version, value, with varint lengths: about 9 bytes of framing per key,
+//! offset included, and no allocation per key) and a list of where each live
+//! record starts, in key order. A write appends the new
 //! record to its page's buffer and points the list at it; the bytes of an
 //! overwritten or removed record stay until the page is rewritten (when they
 //! pass half of it), split (when its live records pass a page) or merged
@@ -19,8 +20,8 @@
 //! That took three allocations per key (key, value, a share of a half-full
 //! tree node), about 2.4 times the raw key and value bytes with 8-byte keys
 //! and 100-byte values, and each snapshot (periodic save, catch-up transfer)
-//! copied the whole map on the event loop. Pages take about 1.2 times the
-//! raw bytes, and an image is taken in well under a millisecond.
+//! copied the whole map on the event loop. Pages take about 1.1 times the
+//! raw bytes, and an image is taken in about a millisecond.
 //!
 //! Everything here is plain data and deterministic, as the protocol core must be.
 
@@ -38,29 +39,29 @@ const PAGE_MIN_BYTES: usize = PAGE_BYTES / 4;
 /// A page's buffer grows by at least this much at a time, not by doubling,
 /// so its spare room stays small.
 const GROW_BYTES: usize = 512;
-/// Record layout: version (u64 LE), key length (u32 LE), key, value.
-const KEY_AT: usize = 8 + 4;
-/// In a page, each record is preceded by its length (u32 LE).
-const LEN_BYTES: usize = 4;
-
+/// Room for record offsets in a new last page: a page of ~100-byte records.
+const PAGE_STARTS: usize = PAGE_BYTES / 100;
 /// One key as the store holds it: its version (the log index of the write
 /// that set it), its key and its value, borrowed from the store.
+///
+/// Layout: key length (varint), key, version (varint), value. A varint is
+/// LEB128: 7 bits a byte, low bits first, the high bit set on all but the
+/// last byte. In a page each record is preceded by its length (varint), so
+/// an 8-byte key and a 100-byte value at a version below 2^21 take 113 bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a>(&'a [u8]);
 
 impl<'a> Record<'a> {
-    /// The log index of the write that set the key.
-    pub fn version(self) -> u64 {
-        u64::from_le_bytes(self.0[..8].try_into().expect("8 bytes"))
-    }
-
-    fn key_len(self) -> usize {
-        u32::from_le_bytes(self.0[8..KEY_AT].try_into().expect("4 bytes")) as usize
+    /// Where the key ends (its length varint and bytes).
+    fn key_end(self) -> usize {
+        let (len, at) = varint(self.0);
+        at + len as usize
     }
 
     /// The key's bytes (UTF-8); keys sort by these bytes, as `str`s do.
     pub fn key_bytes(self) -> &'a [u8] {
-        &self.0[KEY_AT..KEY_AT + self.key_len()]
+        let (len, at) = varint(self.0);
+        &self.0[at..at + len as usize]
     }
 
     /// The key.
@@ -68,10 +69,48 @@ impl<'a> Record<'a> {
         std::str::from_utf8(self.key_bytes()).expect("a record's key was a str")
     }
 
+    /// The log index of the write that set the key.
+    pub fn version(self) -> u64 {
+        varint(&self.0[self.key_end()..]).0
+    }
+
     /// The value.
     pub fn value(self) -> &'a [u8] {
-        &self.0[KEY_AT + self.key_len()..]
+        let end = self.key_end();
+        &self.0[end + varint(&self.0[end..]).1..]
     }
+}
+
+/// Appends `n` as a varint (see [`Record`]).
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Bytes `n` takes as a varint.
+fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The varint at the start of `b`, and how many bytes it took.
+fn varint(b: &[u8]) -> (u64, usize) {
+    let mut n = 0;
+    for (i, byte) in b.iter().enumerate() {
+        n |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (n, i + 1);
+        }
+    }
+    panic!("a varint runs past the end of its record")
+}
+
+/// Bytes one record takes in a page, with its length.
+fn framed_len(key: &[u8], version: u64, value: &[u8]) -> usize {
+    let len = varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len();
+    varint_len(len as u64) + len
 }
 
 impl fmt::Debug for Record<'_> {
@@ -104,33 +143,37 @@ impl Page {
     /// The framed bytes (length and record) of the record starting at `start`.
     fn framed_at(&self, start: u32) -> &[u8] {
         let s = start as usize;
-        let len = u32::from_le_bytes(self.bytes[s..s + LEN_BYTES].try_into().expect("4 bytes"));
-        &self.bytes[s..s + LEN_BYTES + len as usize]
+        let (len, at) = varint(&self.bytes[s..]);
+        &self.bytes[s..s + at + len as usize]
+    }
+
+    /// The record starting at `start`.
+    fn record_at(&self, start: u32) -> Record<'_> {
+        let s = start as usize;
+        let (len, at) = varint(&self.bytes[s..]);
+        Record(&self.bytes[s + at..s + at + len as usize])
     }
 
     fn record(&self, i: usize) -> Record<'_> {
-        Record(&self.framed_at(self.starts[i])[LEN_BYTES..])
+        self.record_at(self.starts[i])
     }
 
     fn find(&self, key: &[u8]) -> Result<usize, usize> {
-        self.starts
-            .binary_search_by(|s| Record(&self.framed_at(*s)[LEN_BYTES..]).key_bytes().cmp(key))
+        self.starts.binary_search_by(|s| self.record_at(*s).key_bytes().cmp(key))
     }
 
     /// Appends a record to the buffer; returns where it starts.
     fn append(&mut self, key: &[u8], version: u64, value: &[u8]) -> u32 {
-        let len = KEY_AT + key.len() + value.len();
-        let framed = LEN_BYTES + len;
+        let framed = framed_len(key, version, value);
         if self.bytes.capacity() - self.bytes.len() < framed {
             self.bytes.reserve_exact(framed.max(GROW_BYTES));
         }
         let start = u32::try_from(self.bytes.len()).expect("a page stays far below 4 GiB");
-        let len = u32::try_from(len).expect("a record is shorter than 4 GiB");
-        let key_len = u32::try_from(key.len()).expect("a key is shorter than 4 GiB");
-        self.bytes.extend_from_slice(&len.to_le_bytes());
-        self.bytes.extend_from_slice(&version.to_le_bytes());
-        self.bytes.extend_from_slice(&key_len.to_le_bytes());
+        let len = varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len();
+        put_varint(&mut self.bytes, len as u64);
+        put_varint(&mut self.bytes, key.len() as u64);
         self.bytes.extend_from_slice(key);
+        put_varint(&mut self.bytes, version);
         self.bytes.extend_from_slice(value);
         start
     }
@@ -283,7 +326,7 @@ impl Store {
     /// Appends a record whose key sorts after every key held.
     fn push_last(&mut self, key: &[u8], version: u64, value: &[u8]) {
         self.len += 1;
-        let framed = LEN_BYTES + KEY_AT + key.len() + value.len();
+        let framed = framed_len(key, version, value);
         match self.pages.last_mut() {
             Some(last) if last.live_bytes() + framed <= PAGE_BYTES => {
                 let page = Arc::make_mut(last);
@@ -291,7 +334,8 @@ impl Store {
                 page.write(end, false, key, version, value);
             }
             // The last page is left full, with no spare room: ascending
-            // writes fill pages completely.
+            // writes fill pages completely. The new last page gets a whole
+            // page of room at once, so a bulk load never reallocates.
             last => {
                 if let Some(last) = last {
                     if last.bytes.capacity() > last.bytes.len() || last.dead > 0 {
@@ -299,7 +343,11 @@ impl Store {
                         *last = Arc::new(Page::gather(std::iter::once((l, 0..l.len()))));
                     }
                 }
-                let mut page = Page::default();
+                let mut page = Page {
+                    bytes: Vec::with_capacity(PAGE_BYTES.max(framed)),
+                    starts: Vec::with_capacity(PAGE_STARTS),
+                    dead: 0,
+                };
                 page.write(0, false, key, version, value);
                 self.pages.push(Arc::new(page));
             }
@@ -456,14 +504,33 @@ mod tests {
     }
 
     #[test]
+    fn varints_round_trip_at_every_length() {
+        for n in [0, 1, 127, 128, 300, 16383, 16384, 1 << 21, u64::MAX >> 1, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, n);
+            assert_eq!(b.len(), varint_len(n), "{n}");
+            b.push(0xff);
+            assert_eq!(varint(&b), (n, varint_len(n)));
+        }
+        let mut page = Page::default();
+        page.write(0, false, b"key", u64::MAX, b"value");
+        let r = page.record(0);
+        assert_eq!((r.key(), r.version(), r.value()), ("key", u64::MAX, &b"value"[..]));
+        assert_eq!(page.bytes.len(), framed_len(b"key", u64::MAX, b"value"));
+    }
+
+    #[test]
     fn ascending_writes_fill_pages_without_spare_room() {
         let store: Store =
             (0..1000u64).map(|i| (format!("k{i:04}"), (i, vec![b'v'; 100]))).collect();
         check_shape(&store);
-        let framed = LEN_BYTES + KEY_AT + 5 + 100;
-        assert_eq!(store.pages.len(), 1000usize.div_ceil(PAGE_BYTES / framed));
-        let full = &store.pages[..store.pages.len() - 1];
-        assert!(full.iter().all(|p| p.bytes.capacity() == p.bytes.len() && p.dead == 0));
+        for pair in store.pages.windows(2) {
+            let (page, next) = (&pair[0], &pair[1]);
+            assert_eq!((page.bytes.capacity(), page.dead), (page.bytes.len(), 0), "no spare room");
+            let r = next.record(0);
+            let more = framed_len(r.key_bytes(), r.version(), r.value());
+            assert!(page.live_bytes() + more > PAGE_BYTES, "full: the next record did not fit");
+        }
         assert_eq!(store.last().map(Record::key), Some("k0999"));
     }
 
