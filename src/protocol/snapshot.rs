@@ -1,9 +1,15 @@
 //! Snapshots and catch-up by snapshot (DESIGN §6).
 //!
-//! Every `snapshot_every_entries` applied entries a replica hands a copy of its
-//! store to storage ([`Output::SaveSnapshot`]); once storage reports it durable
-//! ([`Input::SnapshotSaved`](super::Input)), the replica drops the log prefix
-//! it covers and emits a [`Checkpoint`] so storage can drop it too.
+//! Every `snapshot_every_entries` applied entries a replica hands an image of
+//! its store to storage ([`Output::SaveSnapshot`]); once storage reports it
+//! durable ([`Input::SnapshotSaved`](super::Input)), the replica drops the log
+//! prefix it covers (freeing it a slice per flush) and emits a [`Checkpoint`]
+//! so storage can drop it too.
+//!
+//! An image is a clone of the [`Store`]: it shares every page with the live
+//! store and costs a copy of the page pointers; a page the replica writes
+//! while an image holds it is copied then (see `store.rs`). So neither a
+//! periodic save nor a transfer holds a second copy of the whole store.
 //!
 //! A replica that asks for entries someone has compacted away gets the
 //! responder's store instead, in chunks, each asked for by the receiver (so a

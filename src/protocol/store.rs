@@ -247,7 +247,20 @@ impl Page {
 pub struct Store {
     /// Non-empty pages; every key of a page sorts before every key of the next.
     pages: Vec<Arc<Page>>,
+    /// `prefix` of the first key of every page: a lookup's binary search
+    /// over pages reads this one array instead of three allocations per
+    /// probe, and reads a page's first key only to break a tie.
+    firsts: Vec<u128>,
     len: usize,
+}
+
+/// The first 16 bytes of `key`, zero-padded, as a number: `a <= b` implies
+/// `prefix(a) <= prefix(b)`.
+fn prefix(key: &[u8]) -> u128 {
+    let mut bytes = [0; 16];
+    let n = key.len().min(16);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(bytes)
 }
 
 impl Store {
@@ -272,8 +285,13 @@ impl Store {
         if self.pages.is_empty() {
             return None;
         }
-        // The last page whose first key is <= key (or the first page).
-        let p = self.pages.partition_point(|p| p.record(0).key_bytes() <= key).saturating_sub(1);
+        // The last page whose first key is <= key (or the first page): pages
+        // before `lo` start below `key`, pages from `hi` on above it.
+        let kp = prefix(key);
+        let lo = self.firsts.partition_point(|f| *f < kp);
+        let hi = lo + self.firsts[lo..].partition_point(|f| *f == kp);
+        let ties = self.pages[lo..hi].partition_point(|p| p.record(0).key_bytes() <= key);
+        let p = (lo + ties).saturating_sub(1);
         Some((p, self.pages[p].find(key)))
     }
 
@@ -308,16 +326,22 @@ impl Store {
             Err(i) => {
                 page.write(i, false, key, version, value);
                 self.len += 1;
+                if i == 0 {
+                    self.firsts[p] = prefix(key);
+                }
             }
         }
         if page.live_bytes() > PAGE_BYTES && page.len() > 1 {
             let mut pieces = Vec::new();
             page.split(0..page.len(), &mut pieces);
+            let firsts: Vec<u128> =
+                pieces.iter().map(|r| prefix(page.record(r.start).key_bytes())).collect();
             let new: Vec<Arc<Page>> = pieces
                 .into_iter()
                 .map(|range| Arc::new(Page::gather(std::iter::once((&*page, range)))))
                 .collect();
             self.pages.splice(p..=p, new);
+            self.firsts.splice(p..=p, firsts);
         } else if page.dead > page.live_bytes() {
             *page = Page::gather(std::iter::once((&*page, 0..page.len())));
         }
@@ -350,6 +374,7 @@ impl Store {
                 };
                 page.write(0, false, key, version, value);
                 self.pages.push(Arc::new(page));
+                self.firsts.push(prefix(key));
             }
         }
     }
@@ -364,7 +389,13 @@ impl Store {
         page.remove(i);
         if page.len() == 0 {
             self.pages.remove(p);
-        } else if page.live_bytes() < PAGE_MIN_BYTES {
+            self.firsts.remove(p);
+            return true;
+        }
+        if i == 0 {
+            self.firsts[p] = prefix(page.record(0).key_bytes());
+        }
+        if page.live_bytes() < PAGE_MIN_BYTES {
             self.merge_small(p);
         } else if page.dead > page.live_bytes() {
             *page = Page::gather(std::iter::once((&*page, 0..page.len())));
@@ -389,6 +420,7 @@ impl Store {
         let merged = Page::gather([(&**a, 0..a.len()), (&**b, 0..b.len())].into_iter());
         self.pages[left] = Arc::new(merged);
         self.pages.remove(left + 1);
+        self.firsts.remove(left + 1);
     }
 
     /// Every record, in key order.
@@ -449,6 +481,8 @@ mod tests {
 
     fn check_shape(s: &Store) {
         assert_eq!(s.len, s.pages.iter().map(|p| p.len()).sum::<usize>());
+        let firsts: Vec<u128> = s.pages.iter().map(|p| prefix(p.record(0).key_bytes())).collect();
+        assert_eq!(s.firsts, firsts, "firsts follow the pages");
         for p in &s.pages {
             assert!(p.len() > 0);
             assert!(p.live_bytes() <= PAGE_BYTES || p.len() == 1, "{} bytes", p.live_bytes());
@@ -467,8 +501,11 @@ mod tests {
         let mut images = Vec::new();
         for step in 0..60_000u64 {
             // Few enough keys that removals empty, shrink and merge pages;
-            // some values larger than a page.
-            let key = format!("k{}", rng.random_range(0..3000u32));
+            // some values larger than a page; half the keys share a prefix
+            // longer than the one `firsts` holds.
+            let n = rng.random_range(0..3000u32);
+            let key =
+                if n % 2 == 0 { format!("k{n}") } else { format!("shared-prefix-of-keys/{n}") };
             match rng.random_range(0..10u32) {
                 0..=5 => {
                     let len = if step % 997 == 0 { 5000 } else { rng.random_range(0..200usize) };

@@ -26,8 +26,9 @@
 //! [`Saver`] owns one thread, started on the first save, that takes images
 //! from a channel and saves them in the order they were handed over, then
 //! reports each index (or the error) back on a second channel. The image is
-//! an `Arc` of a copy the protocol no longer changes, so the replica keeps
-//! serving while it is written. Dropping the `Saver` waits for the save in
+//! an `Arc` of a store clone the protocol never changes (it shares pages with
+//! the live store, copy-on-write), so the replica keeps serving while it is
+//! written. Dropping the `Saver` waits for the save in
 //! progress, so no write outlives the storage that asked for it.
 
 use super::{Error, FsyncPolicy, Result};
