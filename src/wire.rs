@@ -176,7 +176,7 @@ mod tests {
         let entry = Entry {
             id: EntryId { epoch: Epoch(5), index: LogIndex(9) },
             ballot: Epoch(7),
-            command: Command::Put { key: "k".into(), value: vec![0, 0xff, b'\n', b' '] },
+            command: Command::put("k", &[0, 0xff, b'\n', b' ']),
         };
         let mut incarnations = BTreeMap::new();
         incarnations.insert(ReplicaId(1), Incarnation { counter: 1, nonce: 2 });

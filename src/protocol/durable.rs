@@ -7,6 +7,7 @@
 //! ops it kept through [`Durable::apply`], so the disk format never needs to know
 //! what the ops mean.
 
+use super::store::Store;
 use super::types::{Entry, Epoch, Formation, Incarnation, LogIndex, ReplicaId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -59,8 +60,9 @@ pub struct Checkpoint {
 pub struct Snapshot {
     /// Every slot up to here is applied in `store`.
     pub index: LogIndex,
-    /// key -> (version, value); a deleted key is simply absent.
-    pub store: BTreeMap<String, (u64, Vec<u8>)>,
+    /// key -> (version, value); a deleted key is simply absent. Shares its
+    /// records (and every chunk not written since) with the live store.
+    pub store: Store,
 }
 
 impl Persist {

@@ -60,6 +60,7 @@ pub mod quorum;
 pub mod reads;
 mod replication;
 mod snapshot;
+pub mod store;
 pub mod types;
 
 use crate::client::{ClientError, Reply, Request};
@@ -254,7 +255,7 @@ pub struct Replica {
     /// Slots above `commit` known to be chosen, with the chosen entry id.
     chosen: BTreeMap<LogIndex, EntryId>,
     /// key -> (version, value).
-    store: BTreeMap<String, (u64, Vec<u8>)>,
+    store: store::Store,
 
     // Volatile state.
     role: Role,
@@ -297,6 +298,8 @@ pub struct Replica {
     snapshot_pending: Option<LogIndex>,
     /// Snapshot at the next flush regardless of the interval.
     snapshot_requested: bool,
+    /// Log entries a snapshot made obsolete, freed a slice per flush.
+    compacted_log: Vec<BTreeMap<LogIndex, Entry>>,
     /// Snapshots being sent, per receiver.
     outgoing: BTreeMap<ReplicaId, snapshot::Outgoing>,
     /// A snapshot being received.
@@ -334,7 +337,7 @@ impl Replica {
             commit: LogIndex(0),
             applied: LogIndex(0),
             chosen: BTreeMap::new(),
-            store: BTreeMap::new(),
+            store: store::Store::new(),
             role: Role::Follower,
             known_epoch: durable.promise,
             leader: None,
@@ -357,6 +360,7 @@ impl Replica {
             snapshot_index: LogIndex(0),
             snapshot_pending: None,
             snapshot_requested: false,
+            compacted_log: Vec::new(),
             outgoing: BTreeMap::new(),
             incoming: None,
             barriers: Vec::new(),
@@ -744,12 +748,12 @@ impl Replica {
     }
 
     /// The applied value of `key` (version, value), for tests and checkers.
-    pub fn applied_value(&self, key: &str) -> Option<&(u64, Vec<u8>)> {
-        self.store.get(key)
+    pub fn applied_value(&self, key: &str) -> Option<(u64, Vec<u8>)> {
+        self.store.get(key).map(|r| (r.version(), r.value().to_vec()))
     }
 
     /// Every applied key and value, for tests and checkers.
-    pub fn store(&self) -> &BTreeMap<String, (u64, Vec<u8>)> {
+    pub fn store(&self) -> &store::Store {
         &self.store
     }
 

@@ -100,7 +100,8 @@ impl Replica {
 
     /// What this replica holds for `key` (DESIGN §5).
     fn local_answer(&self, key: &str) -> ReadAnswer {
-        let (version, value) = self.store.get(key).cloned().unwrap_or((0, Vec::new()));
+        let (version, value) =
+            self.store.get(key).map_or((0, Vec::new()), |r| (r.version(), r.value().to_vec()));
         let pending =
             self.log.range(self.applied.next()..).any(|(_, e)| e.command.key() == Some(key));
         ReadAnswer { version, value, pending }
@@ -289,7 +290,10 @@ impl Replica {
         for r in ready {
             let answer = match r.kind {
                 ReadKind::Key { key, with_version } => {
-                    let (version, value) = self.store.get(&key).cloned().unwrap_or((0, Vec::new()));
+                    let (version, value) = self
+                        .store
+                        .get(&key)
+                        .map_or((0, Vec::new()), |r| (r.version(), r.value().to_vec()));
                     read_reply(with_version, version, value)
                 }
                 ReadKind::Dump => Reply::Lines(self.dump_lines()),
@@ -379,8 +383,12 @@ impl Replica {
     pub(super) fn dump_lines(&self) -> Vec<String> {
         let mut lines = Vec::with_capacity(self.store.len() + 1);
         lines.push(format!("{{\"commit\":{},\"keys\":{}}}", self.applied, self.store.len()));
-        for (key, (version, value)) in &self.store {
-            let line = DumpLine { key: key.clone(), version: *version, value: value.clone() };
+        for r in self.store.iter() {
+            let line = DumpLine {
+                key: r.key().to_string(),
+                version: r.version(),
+                value: r.value().to_vec(),
+            };
             lines.push(serde_json::to_string(&line).expect("a dump line is plain data"));
         }
         lines

@@ -219,14 +219,14 @@ impl Replica {
     }
 
     fn propose_write(&mut self, now: Millis, waiter: Waiter, request: Request, deadline: Millis) {
-        let command = match request {
-            Request::Put { key, value } => Command::Put { key, value },
-            Request::Del { key } => Command::Del { key },
-            Request::Cas { key, version, value } => Command::Cas { key, version, value },
-            other => panic!("propose_write of a non-write {other:?}"),
-        };
         let epoch = self.promise;
         let index = self.last_index().next();
+        let command = match request {
+            Request::Put { key, value } => Command::put(&key, &value),
+            Request::Del { key } => Command::Del { key },
+            Request::Cas { key, version, value } => Command::cas(&key, version, &value),
+            other => panic!("propose_write of a non-write {other:?}"),
+        };
         self.propose_at(now, index, Entry { id: EntryId { epoch, index }, ballot: epoch, command });
         self.leadership_mut().waiters.insert(index, (waiter, deadline));
     }
@@ -527,18 +527,18 @@ impl Replica {
     fn apply(&mut self, index: LogIndex, command: &Command) -> Option<Reply> {
         match command {
             Command::Noop => None,
-            Command::Put { key, value } => {
-                self.store.insert(key.clone(), (index.0, value.clone()));
+            Command::Put(kv) => {
+                self.store.insert(kv.key(), index.0, kv.value());
                 Some(Reply::Written(index.0))
             }
             Command::Del { key } => {
                 self.store.remove(key);
                 Some(Reply::Written(index.0))
             }
-            Command::Cas { key, version, value } => {
-                let current = self.store.get(key).map(|(v, _)| *v).unwrap_or(0);
-                if current == *version {
-                    self.store.insert(key.clone(), (index.0, value.clone()));
+            Command::Cas { expected, kv } => {
+                let current = self.store.version(kv.key());
+                if current == *expected {
+                    self.store.insert(kv.key(), index.0, kv.value());
                     Some(Reply::Written(index.0))
                 } else {
                     Some(Reply::Error(ClientError::Conflict(current)))

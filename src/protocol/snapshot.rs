@@ -1,9 +1,15 @@
 //! Snapshots and catch-up by snapshot (DESIGN §6).
 //!
-//! Every `snapshot_every_entries` applied entries a replica hands a copy of its
-//! store to storage ([`Output::SaveSnapshot`]); once storage reports it durable
-//! ([`Input::SnapshotSaved`](super::Input)), the replica drops the log prefix
-//! it covers and emits a [`Checkpoint`] so storage can drop it too.
+//! Every `snapshot_every_entries` applied entries a replica hands an image of
+//! its store to storage ([`Output::SaveSnapshot`]); once storage reports it
+//! durable ([`Input::SnapshotSaved`](super::Input)), the replica drops the log
+//! prefix it covers (freeing it a slice per flush) and emits a [`Checkpoint`]
+//! so storage can drop it too.
+//!
+//! An image is a clone of the [`Store`]: it shares every page with the live
+//! store and costs a copy of the page pointers; a page the replica writes
+//! while an image holds it is copied then (see `store.rs`). So neither a
+//! periodic save nor a transfer holds a second copy of the whole store.
 //!
 //! A replica that asks for entries someone has compacted away gets the
 //! responder's store instead, in chunks, each asked for by the receiver (so a
@@ -14,15 +20,17 @@
 
 use super::durable::{Checkpoint, Snapshot};
 use super::message::{PeerMsg, SnapshotItem};
+use super::store::Store;
 use super::types::{LogIndex, Millis, ReplicaId};
 use super::{Output, Persist, Replica};
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 /// Bytes of keys and values per snapshot chunk: big enough to move tens of
 /// MB/s, small enough that a chunk never holds up heartbeats on its link.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Compacted log entries freed per flush: about a millisecond of work.
+const COMPACTED_FREED_PER_FLUSH: usize = 4096;
 
 /// A snapshot being sent to one peer: a fixed image, so every chunk comes from
 /// the same index.
@@ -37,7 +45,7 @@ pub(super) struct Outgoing {
 pub(super) struct Incoming {
     pub from: ReplicaId,
     pub index: LogIndex,
-    pub store: BTreeMap<String, (u64, Vec<u8>)>,
+    pub store: Store,
     pub last_key: Option<String>,
     /// Dropped (and asked for again) if no chunk arrives by then.
     pub deadline: Millis,
@@ -46,6 +54,7 @@ pub(super) struct Incoming {
 impl Replica {
     /// At flush: start a snapshot once enough entries were applied since the last.
     pub(super) fn maybe_snapshot(&mut self, out: &mut Vec<Output>) {
+        self.free_compacted_log();
         if self.snapshot_pending.is_some() || self.learner {
             return;
         }
@@ -78,7 +87,7 @@ impl Replica {
         self.snapshot_pending = None;
         assert!(index <= self.applied, "snapshot {index} above applied {}", self.applied);
         self.snapshot_index = self.snapshot_index.max(index);
-        self.log.retain(|i, _| *i > index);
+        self.drop_log_through(index);
         let checkpoint = Checkpoint {
             snapshot_index: index,
             incarnation: Some(self.incarnation),
@@ -92,6 +101,30 @@ impl Replica {
         };
         out.push(Output::Persist(Persist::Checkpoint(Box::new(checkpoint))));
         crate::qlog!("snapshot at {index} saved; log compacted to {} entries", self.log.len());
+    }
+
+    /// Takes the log entries at or below `index` out of the log. Their memory
+    /// is released a slice per flush (see [`Replica::free_compacted_log`]):
+    /// freeing ~100,000 entries at once held the event loop for tens of ms
+    /// on a busy machine, long enough for followers to call an election.
+    fn drop_log_through(&mut self, index: LogIndex) {
+        let kept = self.log.split_off(&index.next());
+        let dropped = std::mem::replace(&mut self.log, kept);
+        if !dropped.is_empty() {
+            self.compacted_log.push(dropped);
+        }
+    }
+
+    /// At flush: releases the next slice of compacted log entries.
+    fn free_compacted_log(&mut self) {
+        let Some(oldest) = self.compacted_log.first_mut() else { return };
+        match oldest.keys().nth(COMPACTED_FREED_PER_FLUSH).copied() {
+            Some(cut) => {
+                let rest = oldest.split_off(&cut);
+                drop(std::mem::replace(oldest, rest));
+            }
+            None => drop(self.compacted_log.remove(0)),
+        }
     }
 
     /// A fetch reached below our log: send our store instead, from the start.
@@ -144,20 +177,21 @@ impl Replica {
         let Some(o) = self.outgoing.get_mut(&to) else { return };
         o.used_at = now;
         let image = o.image.clone();
-        let range = match &after {
-            Some(key) => image.store.range::<String, _>((Bound::Excluded(key), Bound::Unbounded)),
-            None => image.store.range::<String, _>(..),
-        };
         let mut items = Vec::new();
         let mut bytes = 0;
         let mut done = true;
-        for (key, (version, value)) in range {
+        for r in image.store.range_after(after.as_deref()) {
             if bytes >= SNAPSHOT_CHUNK_BYTES {
                 done = false;
                 break;
             }
+            let (key, value) = (r.key(), r.value());
             bytes += key.len() + value.len() + 16;
-            items.push(SnapshotItem { key: key.clone(), version: *version, value: value.clone() });
+            items.push(SnapshotItem {
+                key: key.to_string(),
+                version: r.version(),
+                value: value.to_vec(),
+            });
         }
         if done {
             self.outgoing.remove(&to);
@@ -201,13 +235,13 @@ impl Replica {
                 crate::qlog!("catch-up: receiving snapshot at {index} from {from}");
             }
             self.incoming =
-                Some(Incoming { from, index, store: BTreeMap::new(), last_key: None, deadline });
+                Some(Incoming { from, index, store: Store::new(), last_key: None, deadline });
         }
         let incoming = self.incoming.as_mut().expect("set above");
         incoming.deadline = deadline;
         for item in items {
-            incoming.last_key = Some(item.key.clone());
-            incoming.store.insert(item.key, (item.version, item.value));
+            incoming.store.insert(&item.key, item.version, &item.value);
+            incoming.last_key = Some(item.key);
         }
         self.fetch = None;
         if done {
@@ -224,7 +258,7 @@ impl Replica {
         &mut self,
         now: Millis,
         index: LogIndex,
-        store: BTreeMap<String, (u64, Vec<u8>)>,
+        store: Store,
         out: &mut Vec<Output>,
     ) {
         assert!(index > self.commit, "a snapshot never rolls a replica back");
@@ -236,7 +270,7 @@ impl Replica {
         self.snapshot_index = index;
         self.chosen.retain(|i, _| *i > index);
         // Entries above the snapshot stay: we may have voted for them.
-        self.log.retain(|i, _| *i > index);
+        self.drop_log_through(index);
         self.save_snapshot_now(out);
         self.after_commit_jump(now, out);
     }

@@ -1,8 +1,10 @@
 //! The nouns of the protocol (DESIGN §3.1) as newtypes, so an epoch is never
 //! mistaken for a log index and a replica id never for a count.
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStructVariant;
+use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
+use std::sync::Arc;
 
 /// A replica's 1-based position in the `--peers` list. Bully prefers the highest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -56,21 +58,135 @@ pub struct EntryId {
     pub index: LogIndex,
 }
 
-/// What a log entry does to the store when it is applied.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A key and a value in one shared allocation: what a PUT or CAS writes.
+/// Cloning is a reference-count increment, so the log, the WAL batch and
+/// every ACCEPT carrying an entry share one copy of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyValue(Arc<[u8]>);
+
+/// Layout: key length (u32 LE), key, value.
+const KV_KEY_AT: usize = 4;
+
+impl KeyValue {
+    /// `key` and `value` in one allocation of the exact size.
+    pub fn new(key: &str, value: &[u8]) -> KeyValue {
+        let key_len = u32::try_from(key.len()).expect("a key is shorter than 4 GiB");
+        let mut bytes: Arc<[u8]> =
+            std::iter::repeat_n(0u8, KV_KEY_AT + key.len() + value.len()).collect();
+        let buf = Arc::get_mut(&mut bytes).expect("just made, not shared");
+        buf[..KV_KEY_AT].copy_from_slice(&key_len.to_le_bytes());
+        buf[KV_KEY_AT..KV_KEY_AT + key.len()].copy_from_slice(key.as_bytes());
+        buf[KV_KEY_AT + key.len()..].copy_from_slice(value);
+        KeyValue(bytes)
+    }
+
+    fn key_end(&self) -> usize {
+        let len = u32::from_le_bytes(self.0[..KV_KEY_AT].try_into().expect("4 bytes"));
+        KV_KEY_AT + len as usize
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        std::str::from_utf8(&self.0[KV_KEY_AT..self.key_end()]).expect("built from a str")
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.0[self.key_end()..]
+    }
+}
+
+impl fmt::Debug for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({:?}, {:?})", self.key(), String::from_utf8_lossy(self.value()))
+    }
+}
+
+/// What a log entry does to the store when it is applied. A PUT or CAS holds
+/// its key and value as one [`KeyValue`]; serialized (wire, WAL), a command
+/// looks as if it held them as plain fields: `Put { key, value }`,
+/// `Del { key }`, `Cas { key, version, value }`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "CommandFields")]
 pub enum Command {
     /// Fills a slot without changing the store (recovery holes, a new leader's first entry).
     Noop,
-    /// Sets `key` to `value`; the key's version becomes the entry's index.
+    /// Sets the key to the value; the key's version becomes the entry's index.
+    Put(KeyValue),
+    /// Removes `key`; its version becomes 0. A log entry, never a local removal.
+    Del { key: String },
+    /// Sets the key to the value only if the key's version is `expected` at
+    /// apply time (0 = only if absent). Every replica decides it the same way.
+    Cas { expected: u64, kv: KeyValue },
+}
+
+impl Command {
+    /// A PUT of `key` = `value`.
+    pub fn put(key: &str, value: &[u8]) -> Command {
+        Command::Put(KeyValue::new(key, value))
+    }
+
+    /// A CAS of `key` from version `expected` to `value`.
+    pub fn cas(key: &str, expected: u64, value: &[u8]) -> Command {
+        Command::Cas { expected, kv: KeyValue::new(key, value) }
+    }
+
+    /// The key the command writes, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Command::Noop => None,
+            Command::Put(kv) | Command::Cas { kv, .. } => Some(kv.key()),
+            Command::Del { key } => Some(key),
+        }
+    }
+}
+
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// A value, through [`value_bytes`].
+        struct Value<'a>(&'a [u8]);
+        impl Serialize for Value<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                value_bytes::serialize(self.0, s)
+            }
+        }
+        match self {
+            Command::Noop => s.serialize_unit_variant("Command", 0, "Noop"),
+            Command::Put(kv) => {
+                let mut v = s.serialize_struct_variant("Command", 1, "Put", 2)?;
+                v.serialize_field("key", kv.key())?;
+                v.serialize_field("value", &Value(kv.value()))?;
+                v.end()
+            }
+            Command::Del { key } => {
+                let mut v = s.serialize_struct_variant("Command", 2, "Del", 1)?;
+                v.serialize_field("key", key)?;
+                v.end()
+            }
+            Command::Cas { expected, kv } => {
+                let mut v = s.serialize_struct_variant("Command", 3, "Cas", 3)?;
+                v.serialize_field("key", kv.key())?;
+                v.serialize_field("version", expected)?;
+                v.serialize_field("value", &Value(kv.value()))?;
+                v.end()
+            }
+        }
+    }
+}
+
+/// A command as it is serialized.
+#[derive(Deserialize)]
+#[serde(rename = "Command")]
+enum CommandFields {
+    Noop,
     Put {
         key: String,
         #[serde(with = "value_bytes")]
         value: Vec<u8>,
     },
-    /// Removes `key`; its version becomes 0. A log entry, never a local removal.
-    Del { key: String },
-    /// Sets `key` to `value` only if the key's version is `version` at apply time
-    /// (0 = only if absent). Every replica decides it the same way.
+    Del {
+        key: String,
+    },
     Cas {
         key: String,
         version: u64,
@@ -79,12 +195,13 @@ pub enum Command {
     },
 }
 
-impl Command {
-    /// The key the command writes, if any.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Command::Noop => None,
-            Command::Put { key, .. } | Command::Del { key } | Command::Cas { key, .. } => Some(key),
+impl From<CommandFields> for Command {
+    fn from(c: CommandFields) -> Command {
+        match c {
+            CommandFields::Noop => Command::Noop,
+            CommandFields::Put { key, value } => Command::put(&key, &value),
+            CommandFields::Del { key } => Command::Del { key },
+            CommandFields::Cas { key, version, value } => Command::cas(&key, version, &value),
         }
     }
 }

@@ -177,15 +177,16 @@ impl Checker {
     pub fn check_store(&mut self, r: &Replica) -> Result<(), String> {
         let at = r.applied_index();
         let expected = self.reference_store(at)?;
-        if r.store() == expected {
+        let held = r.store().to_map();
+        if &held == expected {
             return Ok(());
         }
         let keys: std::collections::BTreeSet<&String> =
-            r.store().keys().chain(expected.keys()).collect();
+            held.keys().chain(expected.keys()).collect();
         let diffs: Vec<String> = keys
             .into_iter()
-            .filter(|k| r.store().get(*k) != expected.get(*k))
-            .map(|k| format!("{k}: holds {:?}, expected {:?}", r.store().get(k), expected.get(k)))
+            .filter(|k| held.get(*k) != expected.get(*k))
+            .map(|k| format!("{k}: holds {:?}, expected {:?}", held.get(k), expected.get(k)))
             .collect();
         Err(format!("r{}'s store at applied index {at} is wrong: {}", r.id(), diffs.join("; ")))
     }
@@ -249,16 +250,16 @@ impl Checker {
 fn apply(store: &mut Store, index: LogIndex, command: &Command) {
     match command {
         Command::Noop => {}
-        Command::Put { key, value } => {
-            store.insert(key.clone(), (index.0, value.clone()));
+        Command::Put(kv) => {
+            store.insert(kv.key().to_string(), (index.0, kv.value().to_vec()));
         }
         Command::Del { key } => {
             store.remove(key);
         }
-        Command::Cas { key, version, value } => {
-            let current = store.get(key).map(|(v, _)| *v).unwrap_or(0);
-            if current == *version {
-                store.insert(key.clone(), (index.0, value.clone()));
+        Command::Cas { expected, kv } => {
+            let current = store.get(kv.key()).map(|(v, _)| *v).unwrap_or(0);
+            if current == *expected {
+                store.insert(kv.key().to_string(), (index.0, kv.value().to_vec()));
             }
         }
     }

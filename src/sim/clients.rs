@@ -195,7 +195,7 @@ impl Clients {
         let committed: BTreeSet<linear::Value> = log
             .values()
             .filter_map(|c| match c {
-                Command::Put { value, .. } => parse_value(value),
+                Command::Put(kv) => parse_value(kv.value()),
                 _ => None,
             })
             .collect();
@@ -260,7 +260,7 @@ impl Clients {
         let committed: BTreeSet<linear::Value> = log
             .values()
             .filter_map(|c| match c {
-                Command::Put { value, .. } => parse_value(value),
+                Command::Put(kv) => parse_value(kv.value()),
                 _ => None,
             })
             .collect();
@@ -270,8 +270,8 @@ impl Clients {
                 (Outcome::Written(version), call) => {
                     let held = log.get(&LogIndex(*version));
                     let fits = match (held, call) {
-                        (Some(Command::Put { key: k, value }), Call::Put(v)) => {
-                            *k == key && parse_value(value) == Some(v)
+                        (Some(Command::Put(kv)), Call::Put(v)) => {
+                            kv.key() == key && parse_value(kv.value()) == Some(v)
                         }
                         (Some(Command::Del { key: k }), Call::Del) => *k == key,
                         _ => false,

@@ -284,7 +284,7 @@ mod tests {
     fn a_checkpoint_loads_the_snapshot_it_names() {
         let mut disk = SimDisk::new(1);
         disk.snapshot_ms = 5;
-        let snap = Snapshot { index: LogIndex(7), store: BTreeMap::new() };
+        let snap = Snapshot { index: LogIndex(7), store: Default::default() };
         disk.save_snapshot(Arc::new(snap)).unwrap();
         assert_eq!(disk.snapshot_saved().unwrap(), None, "still writing");
         disk.now = Millis(5);

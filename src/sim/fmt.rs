@@ -18,9 +18,11 @@ const ENTRIES_SHOWN_MAX: usize = 4;
 pub fn command(c: &Command) -> String {
     match c {
         Command::Noop => "noop".into(),
-        Command::Put { key, value } => format!("put {key}={}", bytes(value)),
+        Command::Put(kv) => format!("put {}={}", kv.key(), bytes(kv.value())),
         Command::Del { key } => format!("del {key}"),
-        Command::Cas { key, version, value } => format!("cas {key}@{version}={}", bytes(value)),
+        Command::Cas { expected, kv } => {
+            format!("cas {}@{expected}={}", kv.key(), bytes(kv.value()))
+        }
     }
 }
 

@@ -258,11 +258,7 @@ fn an_old_leaders_accept_from_a_lower_epoch_gets_no_votes() {
         "r1 answers the old leader with a refusal naming its promise"
     );
     assert!(
-        s.c.replica(r(1))
-            .unwrap()
-            .log()
-            .values()
-            .all(|e| e.command != Command::Put { key: "k".into(), value: b"old".to_vec() }),
+        s.c.replica(r(1)).unwrap().log().values().all(|e| e.command != Command::put("k", b"old")),
         "r1 did not store the old leader's entry"
     );
     // The old leader resumes, hears epoch 5 and steps down; "old" never commits.

@@ -591,12 +591,13 @@ impl SeedRun {
         for id in c.ids() {
             let r = c.replica(id).expect("all up after settling");
             if r.store() != l.store() {
+                let (rs, ls) = (r.store().to_map(), l.store().to_map());
                 let keys: std::collections::BTreeSet<&String> =
-                    r.store().keys().chain(l.store().keys()).collect();
+                    rs.keys().chain(ls.keys()).collect();
                 let diffs: Vec<String> = keys
                     .into_iter()
-                    .filter(|k| r.store().get(*k) != l.store().get(*k))
-                    .map(|k| format!("{k}: {:?} vs {:?}", r.store().get(k), l.store().get(k)))
+                    .filter(|k| rs.get(*k) != ls.get(*k))
+                    .map(|k| format!("{k}: {:?} vs {:?}", rs.get(k), ls.get(k)))
                     .collect();
                 return Err(format!(
                     "r{id}'s store differs from leader r{leader}'s at commit {}: {}",

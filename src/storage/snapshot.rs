@@ -26,14 +26,15 @@
 //! [`Saver`] owns one thread, started on the first save, that takes images
 //! from a channel and saves them in the order they were handed over, then
 //! reports each index (or the error) back on a second channel. The image is
-//! an `Arc` of a copy the protocol no longer changes, so the replica keeps
-//! serving while it is written. Dropping the `Saver` waits for the save in
+//! an `Arc` of a store clone the protocol never changes (it shares pages with
+//! the live store, copy-on-write), so the replica keeps serving while it is
+//! written. Dropping the `Saver` waits for the save in
 //! progress, so no write outlives the storage that asked for it.
 
 use super::{Error, FsyncPolicy, Result};
 use crate::protocol::durable::Snapshot;
+use crate::protocol::store::Store;
 use crate::protocol::types::LogIndex;
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -125,10 +126,11 @@ pub fn write_snapshot_file(path: &Path, snapshot: &Snapshot, fsync: FsyncPolicy)
     write(&mut out, &SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
     write(&mut out, &snapshot.index.0.to_le_bytes())?;
     write(&mut out, &(snapshot.store.len() as u64).to_le_bytes())?;
-    for (key, (version, value)) in &snapshot.store {
+    for r in snapshot.store.iter() {
+        let (key, value) = (r.key_bytes(), r.value());
         write(&mut out, &length(path, "key", key.len())?.to_le_bytes())?;
-        write(&mut out, key.as_bytes())?;
-        write(&mut out, &version.to_le_bytes())?;
+        write(&mut out, key)?;
+        write(&mut out, &r.version().to_le_bytes())?;
         write(&mut out, &length(path, "value", value.len())?.to_le_bytes())?;
         write(&mut out, value)?;
     }
@@ -235,12 +237,13 @@ impl SnapshotReader<'_> {
         self.array(what).map(u64::from_le_bytes)
     }
 
-    /// `len` bytes, after checking they lie before the footer.
-    fn bytes(&mut self, len: u32, what: &str) -> Result<Vec<u8>> {
+    /// `len` bytes into `buf` (replacing its contents), after checking they
+    /// lie before the footer.
+    fn bytes(&mut self, len: u32, what: &str, buf: &mut Vec<u8>) -> Result<()> {
         self.check_room(u64::from(len), what)?;
-        let mut bytes = vec![0; len as usize];
-        self.read_into(&mut bytes)?;
-        Ok(bytes)
+        buf.clear();
+        buf.resize(len as usize, 0);
+        self.read_into(buf)
     }
 }
 
@@ -299,21 +302,22 @@ pub fn load_snapshot(path: &Path, index: LogIndex) -> Result<Snapshot> {
         let detail = format!("key count {count} cannot fit in {} bytes", limit - r.offset);
         return Err(r.corrupt(20, detail));
     }
-    // Keys come sorted, so the map is built in one pass at the end.
-    let mut pairs: Vec<(String, (u64, Vec<u8>))> = Vec::with_capacity(count as usize);
+    // Keys come sorted, so each record goes straight to the end of the store.
+    let mut store = Store::new();
+    let (mut key, mut value) = (Vec::new(), Vec::new());
     for _ in 0..count {
         let at = r.offset;
         let key_len = r.u32("key length")?;
-        let key = r.bytes(key_len, "key")?;
-        let key =
-            String::from_utf8(key).map_err(|e| r.corrupt(at, format!("key is not UTF-8: {e}")))?;
-        if pairs.last().is_some_and(|(last, _)| *last >= key) {
+        r.bytes(key_len, "key", &mut key)?;
+        let key = std::str::from_utf8(&key)
+            .map_err(|e| r.corrupt(at, format!("key is not UTF-8: {e}")))?;
+        if store.last().is_some_and(|l| l.key_bytes() >= key.as_bytes()) {
             return Err(r.corrupt(at, "keys out of order".to_string()));
         }
         let version = r.u64("version")?;
         let value_len = r.u32("value length")?;
-        let value = r.bytes(value_len, "value")?;
-        pairs.push((key, (version, value)));
+        r.bytes(value_len, "value", &mut value)?;
+        store.insert(key, version, &value);
     }
     if r.offset != limit {
         let detail = format!("{} bytes after the last key, before the checksum", limit - r.offset);
@@ -327,7 +331,7 @@ pub fn load_snapshot(path: &Path, index: LogIndex) -> Result<Snapshot> {
         let detail = format!("checksum {actual:08x}, footer says {expected:08x}");
         return Err(r.corrupt(limit, detail));
     }
-    Ok(Snapshot { index, store: BTreeMap::from_iter(pairs) })
+    Ok(Snapshot { index, store })
 }
 
 /// The background thread that saves snapshots, started on the first save.

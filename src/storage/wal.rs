@@ -96,8 +96,9 @@
 //! # Writes and fsync
 //! The first sync after the file (or the directory) was created also fsyncs
 //! the directory (and its parent), so the file's name survives a power cut as
-//! well as its bytes. Memory holds the current batch only. Snapshots are
-//! written by their own thread and never hold up a sync.
+//! well as its bytes. Memory holds the current batch only (its buffers keep
+//! at most 1 MiB of room between syncs). Snapshots are written by their own
+//! thread and never hold up a sync.
 //!
 //! A failed write or fsync poisons the storage: every later call returns an
 //! error and the replica stops. A failed fsync is never retried, because the
@@ -150,6 +151,10 @@ const SCAN_WINDOW_BYTES: usize = 1024 * 1024;
 
 /// Read buffer for replay.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// The encoding buffers of a sync batch keep at most this much room between
+/// syncs; a larger batch allocates what it needs and gives it back after.
+const BATCH_KEEP_BYTES: usize = 1024 * 1024;
 
 /// Where log segment `seq` lives inside a data directory.
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -290,11 +295,15 @@ impl Batch {
         pieces
     }
 
-    /// Empties the batch, keeping its allocations.
+    /// Empties the batch, keeping its allocations up to `BATCH_KEEP_BYTES`:
+    /// a burst (a slow fsync under load, a large checkpoint) must not hold
+    /// its buffers for the life of the process.
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
         self.open = None;
+        self.bytes.shrink_to(BATCH_KEEP_BYTES);
+        self.scratch.shrink_to(BATCH_KEEP_BYTES);
     }
 }
 
@@ -1169,7 +1178,7 @@ mod tests {
     }
 
     fn put(key: &str, value: &[u8]) -> Command {
-        Command::Put { key: key.to_string(), value: value.to_vec() }
+        Command::put(key, value)
     }
 
     /// Every `Persist` variant, with replays that must not be naive: a
@@ -1188,7 +1197,7 @@ mod tests {
                 entry(4, 1, 4, Command::Noop),
                 entry(4, 2, 4, put("k", b"v\0\xff\n")),
                 entry(4, 3, 4, Command::Del { key: "k".to_string() }),
-                entry(4, 4, 4, Command::Cas { key: "c".into(), version: 2, value: b"x".to_vec() }),
+                entry(4, 4, 4, Command::cas("c", 2, b"x")),
             ]),
             Persist::Commit(LogIndex(2)),
             Persist::Formation(Formation::Complete(77)),
