@@ -85,14 +85,22 @@ impl From<io::Error> for WireError {
 
 /// Encodes `env` as one whole frame, length prefix included.
 pub fn encode(env: &Envelope) -> Vec<u8> {
-    let mut frame = vec![0; LENGTH_BYTES];
+    let mut frame = Vec::new();
+    encode_into(env, &mut frame);
+    frame
+}
+
+/// Encodes `env` as one whole frame into `frame`, which is cleared first
+/// (a caller that sends many frames keeps one buffer).
+pub fn encode_into(env: &Envelope, frame: &mut Vec<u8>) {
+    frame.clear();
+    frame.extend_from_slice(&[0; LENGTH_BYTES]);
     frame.push(WIRE_VERSION);
-    let mut frame = postcard::to_extend(env, frame)
+    *frame = postcard::to_extend(env, std::mem::take(frame))
         .expect("an Envelope is plain data; postcard serializes it into a Vec");
     let rest = u32::try_from(frame.len() - LENGTH_BYTES)
         .expect("an envelope under 4 GiB; senders drop frames above FRAME_BYTES_MAX");
     frame[..LENGTH_BYTES].copy_from_slice(&rest.to_be_bytes());
-    frame
 }
 
 /// Reads one frame and decodes its envelope. A clean end of stream before the
