@@ -170,6 +170,11 @@ impl<T> Receiver<T> {
         self.recv_until(Some(Instant::now() + timeout))
     }
 
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.shared.lock().queue.is_empty()
+    }
+
     /// The next item if one is queued.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         let mut state = self.shared.lock();

@@ -133,11 +133,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
         events_rx
             .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(last_tick + tick))
             .expect("transport threads hold the events sender for the process lifetime");
-        let handled = event_loop.handle_all(&mut events);
-        event_loop.net.metrics.record_turn(handled);
+        let turn = Instant::now();
+        let mut handled = event_loop.handle_all(&mut events);
         // Timers run after the queued events: a replica that was starved of
-        // CPU sees the heartbeats and acks waiting for it before it decides
-        // that its leader (or its quorum) went silent.
+        // CPU, or busy with a long event, sees the heartbeats and acks that
+        // arrived meanwhile before it decides that its leader (or its
+        // quorum) went silent. Draining is bounded, so a loop that cannot
+        // keep up still ticks (and a leader still sends heartbeats).
+        while !events_rx.is_empty() && turn.elapsed() < Duration::from_millis(DRAIN_MS_MAX) {
+            events_rx
+                .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(turn))
+                .expect("transport threads hold the events sender for the process lifetime");
+            handled += event_loop.handle_all(&mut events);
+        }
+        event_loop.net.metrics.record_turn(handled);
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
             event_loop.tick();
@@ -146,11 +155,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
             return Err(e);
         }
         event_loop.finish_batch()?;
+        let took = turn.elapsed();
+        if took > Duration::from_millis(SLOW_TURN_MS) {
+            qlog!("slow event loop turn: {} ms for {handled} events", took.as_millis());
+        }
         if event_loop.is_done() {
             return event_loop.finish_shutdown();
         }
     }
 }
+
+/// Longest the loop keeps taking newly arrived events before it runs its
+/// timers (see the loop): well under a heartbeat interval.
+const DRAIN_MS_MAX: u64 = 10;
+/// A loop turn longer than this is logged: it delays every heartbeat and ack.
+const SLOW_TURN_MS: u64 = 50;
 
 /// Starts the replica on the synchronous storage, before the disk thread and
 /// before anyone can hear from it: a new directory's incarnation is durable
