@@ -12,7 +12,8 @@
 //! length above [`FRAME_BYTES_MAX`] before it allocates anything, and it never
 //! allocates more than the bytes that actually arrive, so a lying or truncated
 //! frame costs at most what the peer sent. A version above [`WIRE_VERSION`] is
-//! refused by name, so a mixed-version cluster says what is wrong instead of
+//! refused by name, and so is an older one (each version so far changed a
+//! message), so a mixed-version cluster says what is wrong instead of
 //! misreading bytes.
 
 use crate::protocol::message::Envelope;
@@ -20,7 +21,7 @@ use std::fmt;
 use std::io::{self, Read};
 
 /// The frame format this build writes and the newest it reads.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Largest accepted frame (version byte plus payload). A promise or a catch-up
 /// reply is the largest message; the protocol cuts those short (`truncated`)
@@ -120,6 +121,13 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Envelope, WireError> {
         0 => return Err(WireError::BadPayload("wire version 0 does not exist".into())),
         v if v > WIRE_VERSION => {
             return Err(WireError::NewerVersion { found: v, supported: WIRE_VERSION })
+        }
+        v if v < WIRE_VERSION => {
+            // Version 3 changed ACCEPT: an older frame would be misread.
+            return Err(WireError::BadPayload(format!(
+                "frame has wire version {v}, older than this build's {WIRE_VERSION}; \
+                 run the same build on every replica"
+            )));
         }
         _ => {}
     }
@@ -267,6 +275,15 @@ mod tests {
             {
                 assert!(e.to_string().contains(&format!("version {newer}")), "{e}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_older_version_is_named() {
+        let payload = postcard::to_stdvec(&promise()).unwrap();
+        match read_frame(&mut Cursor::new(frame_with(WIRE_VERSION - 1, &payload))) {
+            Err(WireError::BadPayload(detail)) => assert!(detail.contains("older"), "{detail}"),
             other => panic!("{other:?}"),
         }
     }

@@ -262,7 +262,10 @@ impl Replica {
             self.answer(waiter, Reply::Error(ClientError::NoLeader(detail)), out);
             return;
         }
-        let commit_at = self.commit;
+        // Our last index, not our commit index: a follower acknowledges a
+        // forwarded write as soon as it hears NW votes for it, which can be
+        // before we do, but never for a slot we have not proposed.
+        let commit_at = self.last_index();
         let deadline = now.plus(self.cfg.request_timeout_ms);
         let l = self.leadership_mut();
         let seq = l.hb_seq + 1;
