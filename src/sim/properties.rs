@@ -259,6 +259,26 @@ fn a_follower_answers_its_forwarded_write_on_votes_and_the_leader_reads_past_it(
 }
 
 #[test]
+fn a_read_does_not_ask_a_stopped_replica_whose_link_is_still_up() {
+    let mut s = Scenario::new(3);
+    s.run(200);
+    assert_eq!(s.leader(), 3);
+    let p = s.put(3, "k", "v");
+    s.run(30);
+    written(s.reply(p));
+    // r2 stops (SIGSTOP): its links stay up, but it has been silent for
+    // longer than the election timeout, so it is not live.
+    s.c.pause(r(2));
+    s.run(300);
+    for _ in 0..10 {
+        let g = s.get(1, "k");
+        s.run(5);
+        assert_eq!(s.reply(g), Some(Reply::Value(b"v".to_vec())), "answered in one round");
+    }
+    assert_eq!(s.c.replica(r(1)).unwrap().stats.read_retries, 0, "no round waited for r2");
+}
+
+#[test]
 fn a_follower_that_missed_accepts_catches_up_by_log() {
     let mut s = Scenario::new(3);
     s.run(200);
