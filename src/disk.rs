@@ -5,12 +5,12 @@
 //! across batches), and reports back with [`Event::DiskSynced`]. The loop's
 //! [`Executor`](crate::exec::Executor) holds the messages that wait for it.
 
+use crate::mailbox::{self, Receiver, RecvError, Sender};
 use crate::protocol::durable::{Persist, Snapshot};
 use crate::protocol::types::LogIndex;
 use crate::storage::wal::DiskStorage;
 use crate::storage::{self, Storage};
 use crate::transport::Event;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ enum Job {
     /// Save a snapshot (in the storage's own background thread).
     Snapshot(Arc<Snapshot>),
     /// Make everything durable, then answer.
-    Flush(Sender<Result<(), String>>),
+    Flush(crossbeam_channel::Sender<Result<(), String>>),
 }
 
 /// The event loop's side of the disk thread; a [`Storage`] whose syncs finish later.
@@ -41,7 +41,7 @@ pub fn start(
     events: Sender<Event>,
     synced: u64,
 ) -> Result<DiskClient, String> {
-    let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+    let (jobs_tx, jobs_rx) = mailbox::unbounded();
     std::thread::Builder::new()
         .name("disk".into())
         .spawn(move || run(storage, jobs_rx, events, synced))
@@ -106,15 +106,14 @@ impl Storage for DiskClient {
 
 /// The disk thread: take every queued job, write, fsync once, report.
 fn run(mut storage: DiskStorage, jobs: Receiver<Job>, events: Sender<Event>, mut synced: u64) {
+    let mut queued = Vec::new();
     loop {
-        let first = match jobs.recv_timeout(Duration::from_millis(SNAPSHOT_POLL_MS)) {
-            Ok(job) => Some(job),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let result = first
-            .into_iter()
-            .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+        let deadline = Instant::now() + Duration::from_millis(SNAPSHOT_POLL_MS);
+        if let Err(RecvError) = jobs.recv_batch(&mut queued, usize::MAX, Some(deadline)) {
+            return;
+        }
+        let result = queued
+            .drain(..)
             .try_fold(Batch::default(), |batch, job| batch.add(job, &mut storage))
             .and_then(|batch| batch.finish(&mut storage, &mut synced, &events));
         if let Err(e) = result {
@@ -128,7 +127,7 @@ fn run(mut storage: DiskStorage, jobs: Receiver<Job>, events: Sender<Event>, mut
 #[derive(Default)]
 struct Batch {
     syncs: u64,
-    flushes: Vec<Sender<Result<(), String>>>,
+    flushes: Vec<crossbeam_channel::Sender<Result<(), String>>>,
 }
 
 impl Batch {

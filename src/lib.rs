@@ -8,6 +8,7 @@ pub mod config;
 pub mod disk;
 pub mod exec;
 pub mod log;
+pub mod mailbox;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -1,17 +1,20 @@
 //! The event loop (DESIGN §1): one thread owns the [`Replica`] and the
-//! storage; transport threads feed it [`Event`]s over one bounded crossbeam
-//! channel, and a ticker drives its timers. Each turn of the loop takes one
-//! event (or tick), drains whatever else is already queued (up to
-//! [`EVENTS_BATCH_MAX`]), steps the replica through all of them, flushes the
-//! batch, and hands the outputs to the executor. Persists go to the disk
-//! thread (`crate::disk`), which fsyncs once for every batch queued; votes
-//! and promises wait for that, everything else (heartbeats above all) leaves
-//! at once, so a slow disk never looks like a dead leader.
+//! storage; transport threads feed it [`Event`]s over one bounded queue (a
+//! [`crate::mailbox`]). Each turn of the loop waits for events (until the
+//! next tick at most), takes everything queued (up to [`EVENTS_BATCH_MAX`])
+//! under one lock, steps the replica through all of it, runs the timers,
+//! flushes the batch, and hands the outputs to the executor. Persists go to
+//! the disk thread (`crate::disk`), which fsyncs once for every batch
+//! queued; votes and promises wait for that, everything else (heartbeats
+//! above all) leaves at once, so a slow disk never looks like a dead leader.
+//! At the end of the turn the loop writes what the turn produced, one write
+//! per peer link and per client connection (`crate::transport` hands a
+//! socket to its writer thread only when it is slow).
 //!
-//! Client connections register a reply channel; the loop maps each client
+//! Client connections register a [`ClientOut`]; the loop maps each client
 //! request to a [`ReqId`] and routes the protocol's reply back to the
-//! connection, tagged with the connection's sequence number so the writer
-//! answers in request order.
+//! connection, tagged with the connection's sequence number so replies go out
+//! in request order.
 //!
 //! The loop also keeps the [`Metrics`] behind `METRICS`: each pending request
 //! remembers its command and when the loop received it, so its latency runs
@@ -23,6 +26,7 @@ use crate::client::{ClientError, Reply, Request};
 use crate::config::Config;
 use crate::disk::{self, DiskClient};
 use crate::exec::{Executor, Network};
+use crate::mailbox::{self, Sender};
 use crate::metrics::{CommandKind, Metrics, Readings};
 use crate::protocol::durable::Persist;
 use crate::protocol::message::Envelope;
@@ -30,10 +34,9 @@ use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
 use crate::storage::wal::DiskStorage;
 use crate::storage::{FsyncPolicy, Storage};
-use crate::transport::{self, ClusterKey, ConnId, Event, PeerSenders, TransportConfig};
+use crate::transport::{self, ClientOut, ClusterKey, ConnId, Event, PeerSenders, TransportConfig};
 use crate::transport::{TransportStats, CLUSTER_KEY_BYTES_MIN};
 use crate::{qlog, wire};
-use crossbeam_channel::{select, Sender};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -75,7 +78,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     );
     let cluster_id = Arc::new(AtomicU64::new(replica.cluster_id().unwrap_or(0)));
     let cluster_key = cfg.cluster_key_file.as_deref().map(load_cluster_key).transpose()?;
-    let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_QUEUE_MAX);
+    let (events_tx, events_rx) = mailbox::bounded(EVENTS_QUEUE_MAX);
     let events_tx_for_signals = events_tx.clone();
     let events_tx_for_disk = events_tx.clone();
     let tcfg = transport_config(&cfg, cluster_id.clone(), cluster_key);
@@ -91,8 +94,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut net = ServerNet {
         peers,
         clients: BTreeMap::new(),
+        replied: Vec::new(),
         pending: BTreeMap::new(),
         metrics: Metrics::default(),
+        frame: Vec::new(),
     };
     let clock = Instant::now();
     let mut replica = replica;
@@ -118,34 +123,31 @@ pub fn run(cfg: Config) -> Result<(), String> {
         started,
     };
     watch_signals(events_tx_for_signals)?;
-    let tick_ms = (cfg.heartbeat_ms / 4).clamp(1, 5);
-    let ticker = crossbeam_channel::tick(Duration::from_millis(tick_ms));
+    let tick = Duration::from_millis((cfg.heartbeat_ms / 4).clamp(1, 5));
     event_loop.finish_batch()?;
     let mut last_tick = Instant::now();
+    let mut events = Vec::with_capacity(EVENTS_BATCH_MAX);
     loop {
-        let mut events = 0u64;
-        select! {
-            recv(events_rx) -> event => {
-                let event = event.expect("transport threads hold the events sender for the process lifetime");
-                event_loop.handle(event);
-                events += 1;
-            }
-            recv(ticker) -> _ => {}
-        }
-        for _ in 1..EVENTS_BATCH_MAX {
-            match events_rx.try_recv() {
-                Ok(event) => {
-                    event_loop.handle(event);
-                    events += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        event_loop.net.metrics.record_turn(events);
+        // Every event already queued (up to the batch bound) is taken under
+        // one lock; the wait ends at the next tick at the latest.
+        events_rx
+            .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(last_tick + tick))
+            .expect("transport threads hold the events sender for the process lifetime");
+        let turn = Instant::now();
+        let mut handled = event_loop.handle_all(&mut events);
         // Timers run after the queued events: a replica that was starved of
-        // CPU sees the heartbeats and acks waiting for it before it decides
-        // that its leader (or its quorum) went silent.
-        if last_tick.elapsed() >= Duration::from_millis(tick_ms) {
+        // CPU, or busy with a long event, sees the heartbeats and acks that
+        // arrived meanwhile before it decides that its leader (or its
+        // quorum) went silent. Draining is bounded, so a loop that cannot
+        // keep up still ticks (and a leader still sends heartbeats).
+        while !events_rx.is_empty() && turn.elapsed() < Duration::from_millis(DRAIN_MS_MAX) {
+            events_rx
+                .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(turn))
+                .expect("transport threads hold the events sender for the process lifetime");
+            handled += event_loop.handle_all(&mut events);
+        }
+        event_loop.net.metrics.record_turn(handled);
+        if last_tick.elapsed() >= tick {
             last_tick = Instant::now();
             event_loop.tick();
         }
@@ -153,11 +155,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
             return Err(e);
         }
         event_loop.finish_batch()?;
+        let took = turn.elapsed();
+        if took > Duration::from_millis(SLOW_TURN_MS) {
+            qlog!("slow event loop turn: {} ms for {handled} events", took.as_millis());
+        }
         if event_loop.is_done() {
             return event_loop.finish_shutdown();
         }
     }
 }
+
+/// Longest the loop keeps taking newly arrived events before it runs its
+/// timers (see the loop): well under a heartbeat interval.
+const DRAIN_MS_MAX: u64 = 10;
+/// A loop turn longer than this is logged: it delays every heartbeat and ack.
+const SLOW_TURN_MS: u64 = 50;
 
 /// Starts the replica on the synchronous storage, before the disk thread and
 /// before anyone can hear from it: a new directory's incarnation is durable
@@ -316,14 +328,23 @@ impl EventLoop {
         self.replica.step(now, Input::Tick, &mut self.out);
     }
 
+    /// Handles every event in `events` (draining it); returns how many.
+    fn handle_all(&mut self, events: &mut Vec<Event>) -> u64 {
+        let n = events.len() as u64;
+        for event in events.drain(..) {
+            self.handle(event);
+        }
+        n
+    }
+
     fn handle(&mut self, event: Event) {
         let now = self.now();
         match event {
             Event::Peer(env) => self.replica.step(now, Input::Peer(env), &mut self.out),
             Event::LinkUp(id) => self.replica.step(now, Input::LinkUp(id), &mut self.out),
             Event::LinkDown(id) => self.replica.step(now, Input::LinkDown(id), &mut self.out),
-            Event::ClientOpen { conn, reply_tx } => {
-                self.net.clients.insert(conn, reply_tx);
+            Event::ClientOpen { conn, out } => {
+                self.net.clients.insert(conn, out);
             }
             Event::ClientClosed { conn } => {
                 self.net.clients.remove(&conn);
@@ -370,9 +391,10 @@ impl EventLoop {
             self.net.answer(&p, Reply::Error(ClientError::Timeout(detail.into())));
         }
         self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
+        self.net.flush();
         self.net.clients.clear();
-        // Client writer threads hold the replies already queued; give them a
-        // moment to write before the process exits.
+        // Client writer threads hold replies a slow client has not taken
+        // yet; give them a moment to write before the process exits.
         std::thread::sleep(Duration::from_millis(50));
         qlog!("shut down cleanly (commit index {})", self.replica.commit_index());
         Ok(())
@@ -495,6 +517,8 @@ impl EventLoop {
                 self.replica.step(now, Input::Peer(env), &mut self.out);
             }
         }
+        // Everything this turn produced leaves now, one write per socket.
+        self.net.flush();
         crate::log::set_prefix(format!(
             "r{} e{} {}",
             self.replica.id(),
@@ -555,11 +579,15 @@ struct Pending {
 /// and the metrics of what passes through them.
 struct ServerNet {
     peers: PeerSenders,
-    clients: BTreeMap<ConnId, Sender<(u64, Reply)>>,
+    clients: BTreeMap<ConnId, Arc<ClientOut>>,
+    /// Connections with replies since the last flush (may repeat).
+    replied: Vec<ConnId>,
     /// Client requests waiting for the protocol's reply.
     pending: BTreeMap<ReqId, Pending>,
     /// The loop's metrics (owned here so replies are counted as they go).
     metrics: Metrics,
+    /// Scratch buffer for encoding one frame.
+    frame: Vec<u8>,
 }
 
 impl ServerNet {
@@ -573,19 +601,34 @@ impl ServerNet {
         self.send_reply(p.conn, p.seq, reply);
     }
 
+    /// Queues a reply; it is written at the end of the turn by [`ServerNet::flush`].
     fn send_reply(&mut self, conn: ConnId, seq: u64, reply: Reply) {
-        if let Some(tx) = self.clients.get(&conn) {
-            // A closed connection just loses its reply.
-            let _ = tx.send((seq, reply));
+        // A closed connection just loses its reply.
+        if let Some(out) = self.clients.get(&conn) {
+            out.reply(seq, reply);
+            self.replied.push(conn);
+        }
+    }
+
+    /// Writes everything this turn produced: one write per peer link and
+    /// per client connection (or a hand-off to its writer thread).
+    fn flush(&mut self) {
+        self.peers.flush();
+        self.replied.sort_unstable();
+        self.replied.dedup();
+        for conn in self.replied.drain(..) {
+            if let Some(out) = self.clients.get(&conn) {
+                out.flush();
+            }
         }
     }
 }
 
 impl Network for ServerNet {
     fn send(&mut self, to: &[ReplicaId], env: &Envelope) {
-        let frame = Arc::new(wire::encode(env));
+        wire::encode_into(env, &mut self.frame);
         for id in to {
-            self.peers.send(*id, frame.clone());
+            self.peers.send(*id, &self.frame);
         }
     }
 

@@ -12,7 +12,8 @@
 //! length above [`FRAME_BYTES_MAX`] before it allocates anything, and it never
 //! allocates more than the bytes that actually arrive, so a lying or truncated
 //! frame costs at most what the peer sent. A version above [`WIRE_VERSION`] is
-//! refused by name, so a mixed-version cluster says what is wrong instead of
+//! refused by name, and so is an older one (each version so far changed a
+//! message), so a mixed-version cluster says what is wrong instead of
 //! misreading bytes.
 
 use crate::protocol::message::Envelope;
@@ -85,14 +86,22 @@ impl From<io::Error> for WireError {
 
 /// Encodes `env` as one whole frame, length prefix included.
 pub fn encode(env: &Envelope) -> Vec<u8> {
-    let mut frame = vec![0; LENGTH_BYTES];
+    let mut frame = Vec::new();
+    encode_into(env, &mut frame);
+    frame
+}
+
+/// Encodes `env` as one whole frame into `frame`, which is cleared first
+/// (a caller that sends many frames keeps one buffer).
+pub fn encode_into(env: &Envelope, frame: &mut Vec<u8>) {
+    frame.clear();
+    frame.extend_from_slice(&[0; LENGTH_BYTES]);
     frame.push(WIRE_VERSION);
-    let mut frame = postcard::to_extend(env, frame)
+    *frame = postcard::to_extend(env, std::mem::take(frame))
         .expect("an Envelope is plain data; postcard serializes it into a Vec");
     let rest = u32::try_from(frame.len() - LENGTH_BYTES)
         .expect("an envelope under 4 GiB; senders drop frames above FRAME_BYTES_MAX");
     frame[..LENGTH_BYTES].copy_from_slice(&rest.to_be_bytes());
-    frame
 }
 
 /// Reads one frame and decodes its envelope. A clean end of stream before the
@@ -112,6 +121,13 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Envelope, WireError> {
         0 => return Err(WireError::BadPayload("wire version 0 does not exist".into())),
         v if v > WIRE_VERSION => {
             return Err(WireError::NewerVersion { found: v, supported: WIRE_VERSION })
+        }
+        v if v < WIRE_VERSION => {
+            // Version 3 changed ACCEPT: an older frame would be misread.
+            return Err(WireError::BadPayload(format!(
+                "frame has wire version {v}, older than this build's {WIRE_VERSION}; \
+                 run the same build on every replica"
+            )));
         }
         _ => {}
     }
@@ -259,6 +275,15 @@ mod tests {
             {
                 assert!(e.to_string().contains(&format!("version {newer}")), "{e}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_older_version_is_named() {
+        let payload = postcard::to_stdvec(&promise()).unwrap();
+        match read_frame(&mut Cursor::new(frame_with(WIRE_VERSION - 1, &payload))) {
+            Err(WireError::BadPayload(detail)) => assert!(detail.contains("older"), "{detail}"),
             other => panic!("{other:?}"),
         }
     }

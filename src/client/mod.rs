@@ -153,13 +153,16 @@ impl Reply {
     /// Appends the reply's exact bytes, newline-terminated, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Reply::Written(v) => out.extend_from_slice(format!("OK {v}").as_bytes()),
+            Reply::Written(v) => {
+                // Written into `out` directly: no allocation per reply.
+                let _ = std::io::Write::write_fmt(out, format_args!("OK {v}"));
+            }
             Reply::Value(value) => {
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(value);
             }
             Reply::Version(v, value) => {
-                out.extend_from_slice(format!("VERSION {v} ").as_bytes());
+                let _ = std::io::Write::write_fmt(out, format_args!("VERSION {v} "));
                 out.extend_from_slice(value);
             }
             Reply::NotFound => out.extend_from_slice(b"NOTFOUND"),

@@ -75,7 +75,8 @@ pub(super) struct ReadIndexWait {
     pub kind: ReadKind,
     /// The heartbeat round that must be acknowledged by a majority.
     pub seq: u64,
-    /// The commit index at arrival; answer once applied reaches it.
+    /// The last index at arrival (every write acknowledged by then is at or
+    /// below it); answer once applied reaches it.
     pub commit_at: LogIndex,
     pub deadline: Millis,
 }

@@ -36,6 +36,17 @@ pub struct ReadAnswer {
     pub pending: bool,
 }
 
+/// The forwarded write an ACCEPT'd entry came from: the forwarding replica,
+/// its boot and its request id (as in [`PeerMsg::Forward`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardTag {
+    /// The slot the write was proposed at.
+    pub index: LogIndex,
+    pub from: ReplicaId,
+    pub boot: u64,
+    pub req: ReqId,
+}
+
 /// One key of a snapshot chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotItem {
@@ -73,9 +84,18 @@ pub enum PeerMsg {
     Refuse { epoch: Epoch, promised: Epoch },
     /// The leader of `epoch` asks replicas to accept `entries` (a batch).
     /// `commit` piggybacks its commit index when recovery is over.
-    Accept { epoch: Epoch, entries: Vec<(LogIndex, Entry)>, commit: Option<LogIndex> },
+    /// `forwards` names the entries that are forwarded writes, so the
+    /// follower that forwarded one can answer its client itself.
+    Accept {
+        epoch: Epoch,
+        entries: Vec<(LogIndex, Entry)>,
+        commit: Option<LogIndex>,
+        forwards: Vec<ForwardTag>,
+    },
     /// The answer to an Accept: the slots stored durably (`accepted`), or a
     /// refusal naming the promised epoch (`accepted` empty, `promised > epoch`).
+    /// A vote goes to every replica (the voter included), so each can tally
+    /// the votes as the leader does; a refusal goes to the leader only.
     Vote { epoch: Epoch, accepted: Vec<LogIndex>, promised: Epoch },
     /// The leader of `epoch` committed these slots, each with its entry id.
     Commit { epoch: Epoch, slots: Vec<(LogIndex, EntryId)> },

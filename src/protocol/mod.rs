@@ -32,11 +32,20 @@
 //! `<= e` stores it durably, raises its promise, and votes. A slot with NW votes
 //! in one ballot is chosen; the leader commits chosen slots strictly in index
 //! order, applies them, replies `OK <version>`, and names each committed
-//! `(index, entry id)` in COMMIT. A follower applies a slot only when it knows it
-//! holds the chosen entry there (COMMIT named its id, or its ballot is the epoch
-//! of the leader whose commit index covers it); otherwise it fetches the entry
-//! from the leader (catch-up). Followers forward client writes to the leader
-//! with a request id; the leader de-duplicates forwards per epoch.
+//! `(index, entry id)` in COMMIT. Votes go to every replica, not only the
+//! leader, so a follower tallies them exactly as the leader does (votes in the
+//! epoch of the leader it follows, from full members at the incarnation it
+//! records; learners never count) and learns a slot is chosen without waiting
+//! for COMMIT. A follower applies a slot only when it knows it holds the chosen
+//! entry there (NW votes for the epoch of the entry it holds, COMMIT named its
+//! id, or its ballot is the epoch of the leader whose commit index covers it);
+//! otherwise it fetches the entry from the leader (catch-up). Followers forward
+//! client writes to the leader with a request id; the leader de-duplicates
+//! forwards per epoch, and its ACCEPT names the entry each forward became, so
+//! the forwarding follower answers its client when it applies that entry
+//! (every replica applies it the same way, CAS included). Because a follower
+//! can acknowledge a write before the leader knows it is chosen, a read-index
+//! read waits for the leader's last index, not its commit index.
 //!
 //! **Reads** (`reads.rs`). A read asks NR random full members for the key's
 //! version and whether they hold an entry for it above their applied index
@@ -77,6 +86,10 @@ pub const INFLIGHT_ENTRIES_MAX: usize = 8192;
 /// Entries in one ACCEPT, FetchResp or Promise message: keeps a peer frame far
 /// below the wire limit even with 64 KiB values.
 pub const BATCH_ENTRIES_MAX: usize = 512;
+/// How far above its commit index a follower tallies the votes it hears:
+/// twice the leader's window, so the tallies' memory stays bounded whatever
+/// a peer sends.
+pub const VOTES_AHEAD_MAX: u64 = 2 * INFLIGHT_ENTRIES_MAX as u64;
 /// Quorum-read rounds before a read falls back to the leader (DESIGN §5).
 pub const READ_ROUNDS_BEFORE_FALLBACK: u32 = 3;
 
@@ -282,6 +295,12 @@ pub struct Replica {
     hello_at: Millis,
     /// Votes to send at the next flush, per (leader, epoch).
     pending_votes: BTreeMap<(ReplicaId, Epoch), Vec<LogIndex>>,
+    /// Follower: votes heard for slots above the commit index: the epoch
+    /// voted in, and each voter with the incarnation it voted from.
+    votes_heard: BTreeMap<LogIndex, (Epoch, Vec<(ReplicaId, Incarnation)>)>,
+    /// Follower: slots an ACCEPT named as our own forwarded writes: the entry
+    /// proposed there and the forward's id. Applying that entry answers it.
+    forward_slots: BTreeMap<LogIndex, (EntryId, u64)>,
     /// Counters.
     pub stats: Stats,
     /// Time of the last step (for status).
@@ -352,6 +371,8 @@ impl Replica {
             forming: None,
             hello_at: Millis(0),
             pending_votes: BTreeMap::new(),
+            votes_heard: BTreeMap::new(),
+            forward_slots: BTreeMap::new(),
             stats: Stats::default(),
             now: Millis(0),
             commit_persisted: durable.commit,
@@ -469,7 +490,8 @@ impl Replica {
         if from == self.cfg.id && env.incarnation == self.incarnation {
             // Our own vote, handed back by the executor once our write is durable.
             if let PeerMsg::Vote { epoch, accepted, .. } = env.msg {
-                self.on_vote(now, from, epoch, accepted, out);
+                let (inc, learner) = (self.incarnation, self.learner);
+                self.on_vote(now, from, inc, learner, epoch, accepted, out);
             }
             return;
         }
@@ -538,10 +560,12 @@ impl Replica {
                 self.on_promise(now, from, epoch, info, incarnations, out)
             }
             PeerMsg::Refuse { epoch, promised } => self.on_refuse(now, epoch, promised, out),
-            PeerMsg::Accept { epoch, entries, commit } => {
-                self.on_accept(now, from, inc, epoch, entries, commit, out)
+            PeerMsg::Accept { epoch, entries, commit, forwards } => {
+                self.on_accept(now, from, inc, epoch, entries, commit, forwards, out)
             }
-            PeerMsg::Vote { epoch, accepted, .. } => self.on_vote(now, from, epoch, accepted, out),
+            PeerMsg::Vote { epoch, accepted, .. } => {
+                self.on_vote(now, from, inc, env.learner, epoch, accepted, out)
+            }
             PeerMsg::Commit { epoch, slots } => self.on_commit(now, from, epoch, slots, out),
             PeerMsg::Heartbeat { epoch, seq, progress } => {
                 self.on_heartbeat(now, from, inc, epoch, seq, progress, out)

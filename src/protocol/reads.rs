@@ -60,27 +60,31 @@ impl Replica {
         self.launch_round(now, id, out);
     }
 
-    /// Asks NR full members, reachable ones first, in random order.
+    /// Asks NR full members, live ones first (DESIGN §2: heard from at our
+    /// epoch within the election timeout), each group in random order. A
+    /// connected link is not enough: a stopped (SIGSTOP) or cut-off replica
+    /// keeps its sockets open, and asking it costs the round its deadline.
     fn launch_round(&mut self, now: Millis, id: u64, out: &mut Vec<Output>) {
         let nr = self.cfg.read_quorum;
-        let mut reachable: Vec<ReplicaId> = Vec::new();
+        let live_peers = self.live_peers(now);
+        let mut live: Vec<ReplicaId> = Vec::new();
         let mut others: Vec<ReplicaId> = Vec::new();
         if !self.learner {
-            reachable.push(self.cfg.id);
+            live.push(self.cfg.id);
         }
         for (peer, p) in &self.peers {
             if p.learner {
                 continue;
             }
-            if p.link_up {
-                reachable.push(*peer);
+            if live_peers.contains(peer) {
+                live.push(*peer);
             } else {
                 others.push(*peer);
             }
         }
-        reachable.shuffle(&mut self.rng);
+        live.shuffle(&mut self.rng);
         others.shuffle(&mut self.rng);
-        let asked: BTreeSet<ReplicaId> = reachable.into_iter().chain(others).take(nr).collect();
+        let asked: BTreeSet<ReplicaId> = live.into_iter().chain(others).take(nr).collect();
         let round_ms = (2 * self.cfg.heartbeat_ms).max(10);
         let local = asked.contains(&self.cfg.id);
         let read = self.reads.get_mut(&id).expect("launching a known read");
@@ -263,7 +267,10 @@ impl Replica {
             self.answer(waiter, Reply::Error(ClientError::NoLeader(detail)), out);
             return;
         }
-        let commit_at = self.commit;
+        // Our last index, not our commit index: a follower acknowledges a
+        // forwarded write as soon as it hears NW votes for it, which can be
+        // before we do, but never for a slot we have not proposed.
+        let commit_at = self.last_index();
         let deadline = now.plus(self.cfg.request_timeout_ms);
         let l = self.leadership_mut();
         let seq = l.hb_seq + 1;

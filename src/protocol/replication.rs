@@ -3,14 +3,16 @@
 //! committed entries a replica missed.
 
 use super::election::{Dedup, DedupKey, QueuedWrite, ReadKind, Tally};
-use super::message::PeerMsg;
+use super::message::{ForwardTag, PeerMsg};
 use super::types::{
     Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId, ReqId,
 };
 use super::{
     reply, Output, Persist, Replica, Role, Waiter, BATCH_ENTRIES_MAX, INFLIGHT_ENTRIES_MAX,
+    VOTES_AHEAD_MAX,
 };
 use crate::client::{ClientError, Reply, Request};
+use std::collections::BTreeMap;
 
 /// How often a leader sweeps its waiting writes for expired deadlines.
 const SWEEP_MS: u64 = 10;
@@ -253,14 +255,19 @@ impl Replica {
             let epoch = l.epoch;
             let entries: Vec<(LogIndex, Entry)> =
                 unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
+            let tags: Vec<Vec<ForwardTag>> = entries
+                .chunks(BATCH_ENTRIES_MAX)
+                .map(|chunk| forward_tags(&l.waiters, chunk))
+                .collect();
             out.push(Output::Persist(Persist::Accept(entries.clone())));
             let others = self.others();
-            for chunk in entries.chunks(BATCH_ENTRIES_MAX) {
-                let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit };
+            for (chunk, forwards) in entries.chunks(BATCH_ENTRIES_MAX).zip(tags) {
+                let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit, forwards };
                 self.send(others.clone(), msg, out);
             }
+            // To every replica: followers tally votes as we do (on_vote_heard).
             let own = PeerMsg::Vote { epoch, accepted: unsent, promised: epoch };
-            self.send(vec![me], own, out);
+            self.send(std::iter::once(me).chain(others).collect(), own, out);
         }
         if let Role::Leader(l) = &mut self.role {
             if l.heartbeat_now {
@@ -280,11 +287,15 @@ impl Replica {
         }
     }
 
+    /// Sends the votes of this batch: to the leader, which tallies them, and
+    /// to every other replica and ourselves, which tally them too (a vote to
+    /// ourselves comes back only once our write is durable).
     pub(super) fn flush_votes(&mut self, out: &mut Vec<Output>) {
         let votes = std::mem::take(&mut self.pending_votes);
-        for ((leader, epoch), accepted) in votes {
+        for ((_, epoch), accepted) in votes {
             let msg = PeerMsg::Vote { epoch, accepted, promised: self.promise };
-            self.send(vec![leader], msg, out);
+            let to = std::iter::once(self.cfg.id).chain(self.others()).collect();
+            self.send(to, msg, out);
         }
     }
 
@@ -325,6 +336,7 @@ impl Replica {
         epoch: Epoch,
         entries: Vec<(LogIndex, Entry)>,
         commit: Option<LogIndex>,
+        forwards: Vec<ForwardTag>,
         out: &mut Vec<Output>,
     ) {
         if self.learner || self.owner(epoch) != from {
@@ -379,22 +391,123 @@ impl Replica {
         if !stored.is_empty() {
             out.push(Output::Persist(Persist::Accept(stored)));
         }
+        self.note_forward_slots(epoch, &forwards);
+        // Votes may have come in before the entries did.
+        let heard = accepted.iter().any(|i| self.votes_heard.contains_key(i));
         self.pending_votes.entry((from, epoch)).or_default().extend(accepted);
+        if heard {
+            self.choose_heard(epoch);
+            self.advance_commit(now, out);
+        }
         if let Some(c) = commit {
             self.learn_commit(now, from, epoch, c, out);
         }
     }
 
+    /// Remembers the slots of our own forwarded writes (named in an ACCEPT),
+    /// with the entry each was proposed as, so the write's client is answered
+    /// when we apply that entry there.
+    fn note_forward_slots(&mut self, epoch: Epoch, forwards: &[ForwardTag]) {
+        for tag in forwards {
+            if tag.from != self.cfg.id || tag.boot != self.boot || tag.index <= self.commit {
+                continue;
+            }
+            // The entry this ACCEPT carried there (the leader of `epoch`
+            // proposed one per slot), if we hold it.
+            let held = self.log.get(&tag.index).filter(|e| e.ballot == epoch).map(|e| e.id);
+            if let Some(id) = held.filter(|_| self.forwards.contains_key(&tag.req.0)) {
+                self.forward_slots.insert(tag.index, (id, tag.req.0));
+            }
+        }
+    }
+
+    /// A follower's side of a vote (DESIGN §4.2 with every replica told): a
+    /// slot is chosen once NW full members, each at the incarnation we
+    /// record for it, voted for it in one epoch, so a follower that holds
+    /// that epoch's entry there knows it is chosen exactly as the leader
+    /// would, without waiting for the leader's COMMIT. Only votes in the
+    /// epoch of the leader we follow are tallied; learners never count.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_vote_heard(
+        &mut self,
+        now: Millis,
+        from: ReplicaId,
+        inc: Incarnation,
+        from_learner: bool,
+        epoch: Epoch,
+        accepted: Vec<LogIndex>,
+        out: &mut Vec<Output>,
+    ) {
+        if self.learner || from_learner || self.leader.map(|(_, e)| e) != Some(epoch) {
+            return;
+        }
+        let horizon = LogIndex(self.commit.0 + VOTES_AHEAD_MAX);
+        for index in accepted {
+            if index <= self.commit || index > horizon {
+                continue;
+            }
+            let (voted, voters) = self.votes_heard.entry(index).or_insert((epoch, Vec::new()));
+            if *voted != epoch {
+                *voted = epoch;
+                voters.clear();
+            }
+            if !voters.iter().any(|(id, _)| *id == from) {
+                voters.push((from, inc));
+            }
+        }
+        self.choose_heard(epoch);
+        self.advance_commit(now, out);
+    }
+
+    /// Marks chosen every slot from the commit index on whose tally reached
+    /// NW and whose held entry has the tallied ballot. Stops at the first slot
+    /// that is neither: only a contiguous prefix can commit anyway.
+    fn choose_heard(&mut self, epoch: Epoch) {
+        let nw = self.cfg.write_quorum;
+        let mut index = self.commit.next();
+        loop {
+            if self.chosen.contains_key(&index) {
+                index = index.next();
+                continue;
+            }
+            let Some((voted, voters)) = self.votes_heard.get(&index) else { break };
+            let Some(entry) = self.log.get(&index) else { break };
+            if *voted != epoch || entry.ballot != epoch {
+                break;
+            }
+            let counted = voters
+                .iter()
+                .filter(|(id, inc)| {
+                    let current = self.incarnations.get(id) == Some(inc);
+                    let full = *id == self.cfg.id || self.peers.get(id).is_some_and(|p| !p.learner);
+                    current && full
+                })
+                .count();
+            if counted < nw {
+                break;
+            }
+            self.chosen.insert(index, entry.id);
+            index = index.next();
+        }
+    }
+
+    /// A vote (ours too, once durable): the leader tallies it; a follower
+    /// hears it (see [`Replica::on_vote_heard`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_vote(
         &mut self,
         now: Millis,
         from: ReplicaId,
+        inc: Incarnation,
+        from_learner: bool,
         epoch: Epoch,
         accepted: Vec<LogIndex>,
         out: &mut Vec<Output>,
     ) {
         let me = self.cfg.id;
-        let Role::Leader(l) = &mut self.role else { return };
+        let Role::Leader(l) = &mut self.role else {
+            return self.on_vote_heard(now, from, inc, from_learner, epoch, accepted, out);
+        };
         if l.epoch != epoch || accepted.is_empty() {
             return;
         }
@@ -486,6 +599,8 @@ impl Replica {
     /// Everything that waits for the commit index to move.
     fn after_commit_moved(&mut self, now: Millis, out: &mut Vec<Output>) {
         let commit = self.commit;
+        self.votes_heard = self.votes_heard.split_off(&commit.next());
+        self.forward_slots = self.forward_slots.split_off(&commit.next());
         if let Role::Leader(l) = &mut self.role {
             l.progress_deadline = now.plus(self.cfg.election_timeout_ms);
             // A slot can commit before its tally fills (a COMMIT from the last
@@ -518,6 +633,16 @@ impl Replica {
                 if let Some((waiter, _)) = l.waiters.remove(&index) {
                     let answer = outcome.unwrap_or(Reply::Written(index.0));
                     self.answer(waiter, answer, out);
+                }
+            } else if let Some((id, forward)) = self.forward_slots.remove(&index) {
+                // Our own forwarded write, applied here: every replica applies
+                // it the same way, so our outcome is the leader's. The
+                // leader's FORWARD_REPLY, if it comes, finds nothing waiting.
+                if id == entry.id {
+                    if let Some(f) = self.forwards.remove(&forward) {
+                        let answer = outcome.unwrap_or(Reply::Written(index.0));
+                        self.finish_forward(f.origin, answer, out);
+                    }
                 }
             }
         }
@@ -712,7 +837,8 @@ impl Replica {
         }
         for (peer, batch) in per_peer {
             if !batch.is_empty() {
-                self.send(vec![peer], PeerMsg::Accept { epoch, entries: batch, commit }, out);
+                let msg = PeerMsg::Accept { epoch, entries: batch, commit, forwards: Vec::new() };
+                self.send(vec![peer], msg, out);
             }
         }
     }
@@ -927,4 +1053,20 @@ impl Replica {
             self.propose_write(now, q.waiter, q.request, q.deadline);
         }
     }
+}
+
+/// The forwarded writes among `entries`, from the leader's waiters.
+fn forward_tags(
+    waiters: &BTreeMap<LogIndex, (Waiter, Millis)>,
+    entries: &[(LogIndex, Entry)],
+) -> Vec<ForwardTag> {
+    entries
+        .iter()
+        .filter_map(|(index, _)| match waiters.get(index) {
+            Some((Waiter::Remote { from, boot, req }, _)) => {
+                Some(ForwardTag { index: *index, from: *from, boot: *boot, req: *req })
+            }
+            _ => None,
+        })
+        .collect()
 }

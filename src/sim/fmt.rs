@@ -64,9 +64,13 @@ pub fn msg(m: &PeerMsg) -> String {
             if *truncated { " truncated" } else { "" }
         ),
         PeerMsg::Refuse { epoch, promised } => format!("refuse e={epoch} promised={promised}"),
-        PeerMsg::Accept { epoch, entries: list, commit } => {
+        PeerMsg::Accept { epoch, entries: list, commit, forwards } => {
             let c = commit.map(|c| format!(" commit={c}")).unwrap_or_default();
-            format!("accept e={epoch}{c} {}", entries(list))
+            let f: String = forwards
+                .iter()
+                .map(|t| format!(" fwd={}:r{}#{}", t.index, t.from, t.req.0))
+                .collect();
+            format!("accept e={epoch}{c} {}{f}", entries(list))
         }
         PeerMsg::Vote { epoch, accepted, promised } => {
             format!("vote e={epoch} accepted={} promised={promised}", indexes(accepted))

@@ -244,7 +244,7 @@ fn an_old_leaders_accept_from_a_lower_epoch_gets_no_votes() {
     // network, the one to r2 is lost. Then r3 stops (SIGSTOP).
     let old = s.put(3, "k", "old");
     let held = s.c.take_link(r(3), r(1));
-    assert_eq!(held.len(), 1);
+    assert_eq!(held.iter().filter(|m| matches!(m.env.msg, PeerMsg::Accept { .. })).count(), 1);
     s.c.drop_link(r(3), r(2));
     s.c.pause(r(3));
     s.run(400);
@@ -281,16 +281,82 @@ fn a_read_that_meets_a_pending_entry_retries_and_returns_the_new_value() {
     let p = s.put(3, "k", "v1");
     s.run(30);
     written(s.reply(p));
-    // v2 is proposed; only r1 has stored it when r1 starts a read of k.
+    // v2 is proposed; only r1 has stored it when r1 starts a read of k: r3's
+    // vote for it is lost on the way to r1, and everything r3 sent r2 is
+    // late. So r1 holds v2 without knowing it is chosen (pending), r2 has
+    // not seen it, and r3 commits it on r1's vote: every pair of answers
+    // meets a pending entry or two versions.
     let p2 = s.put(3, "k", "v2");
-    s.c.deliver_link(r(3), r(1));
+    let (accept, vote): (Vec<_>, Vec<_>) =
+        s.c.take_link(r(3), r(1))
+            .into_iter()
+            .partition(|m| matches!(m.env.msg, PeerMsg::Accept { .. }));
+    assert_eq!((accept.len(), vote.len()), (1, 1));
+    let late = s.c.take_link(r(3), r(2));
+    s.c.deliver_msgs(accept);
     let g = s.get(1, "k");
     s.check();
     assert_eq!(s.reply(g), None, "no answer while a quorum member is pending");
+    // The first round ends (r2 and r3 answer two versions), then r2 catches up.
+    s.c.deliver_all(None);
+    assert_eq!(s.reply(g), None, "the first round failed");
+    s.c.deliver_msgs(late);
     s.run(60);
     written(s.reply(p2));
     assert_eq!(s.reply(g), Some(Reply::Value(b"v2".to_vec())));
     assert!(s.c.replica(r(1)).unwrap().stats.read_retries >= 1, "the read retried");
+}
+
+#[test]
+fn a_follower_answers_its_forwarded_write_on_votes_and_the_leader_reads_past_it() {
+    let mut s = Scenario::new(3);
+    s.run(200);
+    assert_eq!(s.leader(), 3);
+    // r1 forwards a write; r3 proposes it. r1 hears r3's vote and has its
+    // own: NW=2, so r1 knows the slot is chosen and answers its client,
+    // before r3 (whose votes from r1 and r2 are late) knows it.
+    let p = s.put(1, "k", "v");
+    s.c.deliver_link(r(1), r(3));
+    let to_r2 = s.c.take_link(r(3), r(2));
+    s.c.deliver_link(r(3), r(1));
+    let index = written(s.reply(p));
+    assert!(s.commit(3) < index, "the leader does not know yet");
+    let late_vote = s.c.take_link(r(1), r(3));
+    // A read-index read at the leader (DUMP) must still see the write: it
+    // waits for the leader's last index, not its commit index.
+    let dump = s.request(3, Request::Dump);
+    s.c.deliver_link(r(3), r(1));
+    s.c.deliver_link(r(1), r(3));
+    assert_eq!(s.reply(dump), None, "heartbeats confirmed, but the write is not applied yet");
+    s.c.deliver_msgs(late_vote);
+    s.c.deliver_msgs(to_r2);
+    s.run(50);
+    match s.reply(dump) {
+        Some(Reply::Lines(lines)) => {
+            assert!(lines.iter().any(|l| l.contains("\"key\":\"k\"")), "dump {lines:?}")
+        }
+        other => panic!("dump answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_read_does_not_ask_a_stopped_replica_whose_link_is_still_up() {
+    let mut s = Scenario::new(3);
+    s.run(200);
+    assert_eq!(s.leader(), 3);
+    let p = s.put(3, "k", "v");
+    s.run(30);
+    written(s.reply(p));
+    // r2 stops (SIGSTOP): its links stay up, but it has been silent for
+    // longer than the election timeout, so it is not live.
+    s.c.pause(r(2));
+    s.run(300);
+    for _ in 0..10 {
+        let g = s.get(1, "k");
+        s.run(5);
+        assert_eq!(s.reply(g), Some(Reply::Value(b"v".to_vec())), "answered in one round");
+    }
+    assert_eq!(s.c.replica(r(1)).unwrap().stats.read_retries, 0, "no round waited for r2");
 }
 
 #[test]

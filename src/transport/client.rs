@@ -1,17 +1,18 @@
-//! One client connection (DESIGN §8): the reader cuts and parses lines, the
-//! writer puts replies back in order.
+//! One client connection (DESIGN §8): the reader cuts and parses lines; the
+//! replies go back in order through [`ClientOut`], written by the loop while
+//! the client keeps up and by the connection's writer thread otherwise.
 
 use super::input::{Input, LineEnd};
+use super::outbox::{ClientOut, WriterTurn};
 use super::{is_timeout, ConnId, Event, Shared, Slot, TransportStats, CLIENT_DRAIN_MS_MAX};
 use crate::client::{parse, ClientError, Reply, Request};
 use crate::qlog;
-use crossbeam_channel::{at, never, select, Receiver, Sender, TrySendError};
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A client that does not read its replies for this long is dropped, so it
 /// holds its writer thread no longer.
@@ -65,24 +66,19 @@ pub(super) fn serve(mut input: Input<TcpStream>, addr: SocketAddr, slot: Slot, s
     let setup = stream
         .set_read_timeout(idle)
         .and_then(|()| stream.set_nodelay(true))
-        .and_then(|()| stream.set_write_timeout(Some(Duration::from_millis(CLIENT_WRITE_MS_MAX))))
-        .and_then(|()| stream.try_clone());
-    let write_half = match setup {
-        Ok(write_half) => write_half,
+        .and_then(|()| stream.try_clone())
+        .and_then(ClientOut::new);
+    let out = match setup {
+        Ok(out) => Arc::new(out),
         Err(e) => {
             qlog!("client {addr} dropped: {e}");
             return;
         }
     };
-    // Each reply is owed for one line the reader numbered, and the reader
-    // takes one credit per line, so the unbounded reply channel holds at most
-    // CLIENT_INFLIGHT_MAX replies.
-    let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let (credit_tx, credit_rx) = crossbeam_channel::bounded(CLIENT_INFLIGHT_MAX);
+    let writer_out = Arc::clone(&out);
     let writer = thread::Builder::new()
         .name(format!("client writer {conn}"))
-        .spawn(move || write_replies(write_half, conn, reply_rx, done_rx, credit_rx));
+        .spawn(move || write_replies(&writer_out, conn));
     let writer = match writer {
         Ok(handle) => handle,
         Err(e) => {
@@ -90,27 +86,21 @@ pub(super) fn serve(mut input: Input<TcpStream>, addr: SocketAddr, slot: Slot, s
             return;
         }
     };
-    let open = Event::ClientOpen { conn, reply_tx: reply_tx.clone() };
+    let open = Event::ClientOpen { conn, out: Arc::clone(&out) };
     let stats = &shared.stats;
     TransportStats::bump(&stats.clients_total);
     stats.clients_open.fetch_add(1, Ordering::Relaxed);
     let end = match shared.events_tx.send(open) {
-        Ok(()) => {
-            let reply = Replies { tx: &reply_tx, credit_tx: &credit_tx };
-            read_commands(&mut input, conn, addr, &reply, shared)
-        }
+        Ok(()) => read_commands(&mut input, conn, addr, &out, shared),
         Err(_) => ReaderEnd::Abort,
     };
     match end {
-        ReaderEnd::Graceful(lines) => {
-            let _ = done_tx.send(lines);
-        }
+        ReaderEnd::Graceful(lines) => out.finish(lines),
         ReaderEnd::Abort => {
             let _ = input.get_ref().shutdown(Shutdown::Both);
-            drop(done_tx);
+            out.abort();
         }
     }
-    drop(credit_tx);
     if writer.join().is_err() {
         qlog!("client {conn} writer panicked");
     }
@@ -119,37 +109,13 @@ pub(super) fn serve(mut input: Input<TcpStream>, addr: SocketAddr, slot: Slot, s
     let _ = shared.events_tx.send(Event::ClientClosed { conn });
 }
 
-/// The reader's ends of a connection's reply path.
-struct Replies<'a> {
-    /// Replies the reader answers itself go straight to the writer.
-    tx: &'a Sender<(u64, Reply)>,
-    /// One credit per numbered line; the writer returns it once the reply is
-    /// written (see [`CLIENT_INFLIGHT_MAX`]).
-    credit_tx: &'a Sender<()>,
-}
-
-impl Replies<'_> {
-    /// Takes the credit for one more line, waiting while the client has
-    /// [`CLIENT_INFLIGHT_MAX`] unanswered. False when the writer is gone (the
-    /// client stopped reading long enough for a write to time out).
-    fn take_credit(&self, stats: &TransportStats) -> bool {
-        match self.credit_tx.try_send(()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(())) => {
-                TransportStats::bump(&stats.inflight_waits);
-                self.credit_tx.send(()).is_ok()
-            }
-            Err(TrySendError::Disconnected(())) => false,
-        }
-    }
-}
-
-/// Reads, numbers and routes lines until EOF, QUIT or an error.
+/// Reads, numbers and routes lines until EOF, QUIT or an error. Each line
+/// takes a credit first (see [`CLIENT_INFLIGHT_MAX`]).
 fn read_commands(
     input: &mut Input<TcpStream>,
     conn: ConnId,
     addr: SocketAddr,
-    replies: &Replies,
+    out: &ClientOut,
     shared: &Shared,
 ) -> ReaderEnd {
     let limits = &shared.limits;
@@ -158,8 +124,16 @@ fn read_commands(
     let mut seq = 0u64;
     loop {
         let read = input.read_line(limits.line_bytes_max, &mut line);
-        if matches!(read, Ok(LineEnd::Line | LineEnd::TooLong(_))) && !replies.take_credit(stats) {
-            return ReaderEnd::Abort;
+        if matches!(read, Ok(LineEnd::Line | LineEnd::TooLong(_))) {
+            match out.take_credit(CLIENT_INFLIGHT_MAX) {
+                Some(waited) => {
+                    if waited {
+                        TransportStats::bump(&stats.inflight_waits);
+                    }
+                }
+                // The client stopped reading long enough for a write to time out.
+                None => return ReaderEnd::Abort,
+            }
         }
         let reply = match read {
             Ok(LineEnd::Eof) => return ReaderEnd::Graceful(seq),
@@ -172,7 +146,7 @@ fn read_commands(
             Ok(LineEnd::Line) => match route(parse(&line, limits), &shared.help_lines) {
                 Route::Reply(reply) => reply,
                 Route::Quit => {
-                    let _ = replies.tx.send((seq, Reply::Bye));
+                    out.reader_reply(seq, Reply::Bye);
                     return ReaderEnd::Graceful(seq + 1);
                 }
                 Route::Loop(request) => {
@@ -198,76 +172,32 @@ fn read_commands(
                 _ => TransportStats::bump(&stats.badcmd_replies),
             };
         }
-        // The writer only goes away with the socket, and then the next read ends too.
-        let _ = replies.tx.send((seq, reply));
+        out.reader_reply(seq, reply);
         seq += 1;
     }
 }
 
-/// The writer thread: replies in `seq` order, one write per burst. Ends after
-/// `BYE`, once every line the reader counted is answered, when the reader
-/// aborts, on a write error, or [`CLIENT_DRAIN_MS_MAX`] after a half-close.
-/// Each written reply gives the reader back one credit from `credit_rx`.
-fn write_replies(
-    mut stream: TcpStream,
-    conn: ConnId,
-    reply_rx: Receiver<(u64, Reply)>,
-    done_rx: Receiver<u64>,
-    credit_rx: Receiver<()>,
-) {
-    let mut pending: BTreeMap<u64, Reply> = BTreeMap::new();
-    let mut next = 0u64;
-    let mut out = Vec::new();
-    let mut done = done_rx;
-    // Lines the reader numbered, once it has stopped, and how long to wait.
-    let mut owed: Option<(u64, Instant)> = None;
-    loop {
-        let timer = owed.map_or_else(never, |(_, deadline)| at(deadline));
-        select! {
-            recv(reply_rx) -> msg => match msg {
-                Ok((seq, reply)) => {
-                    pending.insert(seq, reply);
-                }
-                Err(_) => break,
-            },
-            recv(done) -> msg => match msg {
-                Ok(lines) => {
-                    let deadline = Instant::now() + Duration::from_millis(CLIENT_DRAIN_MS_MAX);
-                    owed = Some((lines, deadline));
-                    done = never();
-                }
-                Err(_) => break,
-            },
-            recv(timer) -> _ => break,
-        }
-        while let Ok((seq, reply)) = reply_rx.try_recv() {
-            pending.insert(seq, reply);
-        }
-        let mut bye = false;
-        let mut written = 0;
-        while let Some(reply) = pending.remove(&next) {
-            reply.encode(&mut out);
-            next += 1;
-            written += 1;
-            if reply == Reply::Bye {
-                bye = true;
-                break;
-            }
-        }
-        if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out) {
-                qlog!("client {conn} write failed: {e}");
-                break;
-            }
-            out.clear();
-        }
-        for _ in 0..written {
-            // A reply the reader did not number (none today) has no credit.
-            let _ = credit_rx.try_recv();
-        }
-        if bye || owed.is_some_and(|(lines, _)| next >= lines) {
+/// The writer thread: writes the replies the loop leaves to it (see
+/// [`ClientOut`]). Ends once every line the reader counted is answered,
+/// after `BYE`, when the connection fails or is aborted, on a write error,
+/// or [`CLIENT_DRAIN_MS_MAX`] after the reader ended. A write waits at most
+/// [`CLIENT_WRITE_MS_MAX`] for a client that does not read.
+fn write_replies(out: &ClientOut, conn: ConnId) {
+    let mut stream = out.stream();
+    let mut deadline = None;
+    let mut timeout_set = false;
+    while let WriterTurn::Write(bytes, replies) =
+        out.writer_turn(CLIENT_DRAIN_MS_MAX, &mut deadline)
+    {
+        let timeout = Some(Duration::from_millis(CLIENT_WRITE_MS_MAX));
+        let set = if timeout_set { Ok(()) } else { stream.set_write_timeout(timeout) };
+        timeout_set = true;
+        if let Err(e) = set.and_then(|()| stream.write_all(&bytes)) {
+            qlog!("client {conn} write failed: {e}");
+            out.written(replies, false);
             break;
         }
+        out.written(replies, true);
     }
     let _ = stream.flush();
     let _ = stream.shutdown(Shutdown::Both);

@@ -20,50 +20,60 @@
 //!   replaces (shuts down) the older one, which ends without a `LinkDown`, so
 //!   a half-open connection from a partition never lingers.
 //! - **peer writer** (one per other peer, for the life of the process): dials
-//!   the peer, handshakes, sends [`Event::LinkUp`], then drains its bounded
-//!   queue, batching whatever is queued into one write. Outbound links only
-//!   send. On an error it sends [`Event::LinkDown`] (once per up → down), drops
-//!   queued frames (the protocol tolerates loss; stale frames must not arrive
-//!   late), backs off 10 ms doubling to 500 ms and dials again. A write
-//!   timeout means a stopped peer cannot wedge it. So each pair of replicas
-//!   has two TCP connections, one per direction.
+//!   the peer, handshakes, installs the link in the peer's [`outbox`] and
+//!   sends [`Event::LinkUp`]. From then on the event loop writes the frames
+//!   of each turn itself, in one write per peer (see [`outbox`]); the writer
+//!   thread takes over only when a write finds the socket full, writes what
+//!   queued behind it (bounded; beyond it frames are dropped), and gives the
+//!   socket back once it caught up. Outbound links only send. On an error it
+//!   sends [`Event::LinkDown`] (once per up → down), drops queued frames (the
+//!   protocol tolerates loss; stale frames must not arrive late), backs off
+//!   10 ms doubling to 100 ms and dials again; frames sent while the link is
+//!   down are discarded. A write timeout means a stopped peer cannot wedge
+//!   it. So each pair of replicas has two TCP connections, one per direction.
 //! - **client reader** (the connection thread) and **client writer** (one
 //!   more thread per client): the reader cuts lines (capped at
 //!   `--max-line-bytes`, an overlong line is answered `ERR TOOLARGE` and
 //!   skipped without buffering it), numbers them 0, 1, 2 … and parses them.
-//!   Parse errors, HELP and QUIT are answered straight to the writer; every
-//!   other command goes to the loop as [`Event::Client`]. The writer puts
-//!   replies back in sequence order and writes them, flushing when nothing
-//!   more is ready. A client may have at most [`CLIENT_INFLIGHT_MAX`]
-//!   commands without a written reply: past that the reader stops reading
-//!   until the writer catches up, so a client that pipelines without reading
-//!   its replies is held back by TCP flow control instead of growing memory. When the client half-closes, the writer still delivers
-//!   the replies owed (for `echo STATUS | nc -N`), for at most
-//!   [`CLIENT_DRAIN_MS_MAX`]. The reader joins the writer, then sends
-//!   [`Event::ClientClosed`] as the connection's last event, so no thread
-//!   outlives its connection.
+//!   Parse errors, HELP and QUIT are answered by the reader itself; every
+//!   other command goes to the loop as [`Event::Client`]. Replies are put
+//!   back in sequence order in the connection's [`ClientOut`]; the loop
+//!   writes them at the end of its turn while the client keeps up, and the
+//!   writer thread writes everything once a write fell short, once the
+//!   reader answered something itself, or once the reader ended. A client
+//!   may have at most [`CLIENT_INFLIGHT_MAX`] commands without a written
+//!   reply: past that the reader stops reading until replies are written, so
+//!   a client that pipelines without reading its replies is held back by TCP
+//!   flow control instead of growing memory. When the client half-closes,
+//!   the writer still delivers the replies owed (for `echo STATUS | nc -N`),
+//!   for at most [`CLIENT_DRAIN_MS_MAX`]. The reader joins the writer, then
+//!   sends [`Event::ClientClosed`] as the connection's last event, so no
+//!   thread outlives its connection.
 //!
 //! Every [`Event`] is sent with a blocking `send` on the bounded events
-//! channel: a busy loop slows the readers down instead of growing a queue. A
-//! thread whose send fails (the loop is gone) ends quietly.
+//! queue (a [`crate::mailbox`]): a busy loop slows the readers down instead
+//! of growing a queue. A thread whose send fails (the loop is gone) ends
+//! quietly.
 //!
-//! The one lock here guards the table of inbound peer sockets (transport
-//! bookkeeping, never protocol state). Counters for METRICS are atomics in
-//! [`TransportStats`], read by the loop when it renders.
+//! Locks here guard transport bookkeeping, never protocol state: the table of
+//! inbound peer sockets, and each socket's [`outbox`] state (who writes, what
+//! is queued). Counters for METRICS are atomics in [`TransportStats`], read by
+//! the loop when it renders.
 
 mod client;
 mod handshake;
 mod input;
 mod listener;
+mod outbox;
 mod peer;
 #[cfg(test)]
 mod tests;
 
-use crate::client::{Limits, Reply, Request};
+use crate::client::{Limits, Request};
+use crate::mailbox::Sender;
 use crate::protocol::message::Envelope;
 use crate::protocol::types::ReplicaId;
 use crate::qlog;
-use crossbeam_channel::{Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -73,6 +83,7 @@ use std::sync::{Arc, Mutex};
 pub use client::CLIENT_INFLIGHT_MAX;
 pub(crate) use handshake::CLUSTER_KEY_BYTES_MIN;
 pub use handshake::{cluster_key_proof, ClusterKey, HANDSHAKE_MS_MAX, NONCE_BYTES};
+pub use outbox::{ClientOut, DIRECT_WRITE_MS_MAX};
 
 /// How long a client writer keeps delivering owed replies after the client
 /// half-closed its side. The loop answers every request within its request
@@ -93,8 +104,8 @@ pub enum Event {
     LinkUp(ReplicaId),
     /// A link to or from this peer failed or hit EOF (as after kill -9).
     LinkDown(ReplicaId),
-    /// A client connected; replies for it go to `reply_tx` as (seq, reply).
-    ClientOpen { conn: ConnId, reply_tx: Sender<(u64, Reply)> },
+    /// A client connected; replies for it go to `out`.
+    ClientOpen { conn: ConnId, out: Arc<ClientOut> },
     /// A client command; `seq` numbers the connection's commands from 0.
     Client { conn: ConnId, seq: u64, request: Request },
     /// The client connection is gone; drop its pending replies.
@@ -172,27 +183,38 @@ impl TransportStats {
     }
 }
 
-/// The sending ends of the peer writers' queues.
+/// The loop's side of the peer links: frames are gathered per peer during a
+/// turn and written at its end by [`PeerSenders::flush`] (see [`outbox`]).
 pub struct PeerSenders {
-    queues: BTreeMap<ReplicaId, Sender<Arc<Vec<u8>>>>,
-    /// Frames refused by [`PeerSenders::send`].
+    peers: BTreeMap<ReplicaId, PeerQueue>,
+    /// Most frames queued for one peer's writer thread while it owns the link.
+    frames_max: usize,
+    /// Frames refused by [`PeerSenders::send`] or dropped by a full queue.
     dropped: AtomicU64,
-    /// Frames the writers discarded because they were queued while the link
-    /// was down.
+    /// Frames discarded because their link was down.
     discarded: Arc<AtomicU64>,
     /// The transport's counters, shared with its threads.
     stats: Arc<TransportStats>,
 }
 
+/// One peer's frames of the current turn.
+struct PeerQueue {
+    out: Arc<outbox::PeerOut>,
+    /// Encoded frames, back to back.
+    bytes: Vec<u8>,
+    frames: usize,
+}
+
 impl PeerSenders {
-    /// Queues an encoded frame (from [`crate::wire::encode`]) for one peer's
-    /// writer without blocking. Returns false, and counts the frame as
-    /// dropped, when the queue is full, the peer is unknown, or the frame is
-    /// over [`crate::wire::FRAME_BYTES_MAX`] (no peer would accept it).
-    pub fn send(&self, to: ReplicaId, frame: Arc<Vec<u8>>) -> bool {
+    /// Adds an encoded frame (from [`crate::wire::encode_into`]) to what
+    /// goes to one peer at the next [`PeerSenders::flush`]. Returns false,
+    /// and counts the frame as dropped, when the peer is unknown or the
+    /// frame is over [`crate::wire::FRAME_BYTES_MAX`] (no peer would accept
+    /// it).
+    pub fn send(&mut self, to: ReplicaId, frame: &[u8]) -> bool {
         let refused = |why: &str| {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if why != "full" && should_log(n) {
+            if should_log(n) {
                 qlog!("frame to r{to} dropped: {why} ({n} dropped so far)");
             }
             false
@@ -200,23 +222,47 @@ impl PeerSenders {
         if frame.len() > crate::wire::FRAME_BYTES_MAX + 4 {
             return refused("over the frame size limit");
         }
-        let Some(queue) = self.queues.get(&to) else {
+        let Some(queue) = self.peers.get_mut(&to) else {
             return refused("no such peer");
         };
-        match queue.try_send(frame) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => refused("full"),
-            Err(TrySendError::Disconnected(_)) => refused("its writer thread is gone"),
+        queue.bytes.extend_from_slice(frame);
+        queue.frames += 1;
+        true
+    }
+
+    /// Writes each peer's frames of this turn: at once when its link is up
+    /// and idle, else through its writer thread (dropped when that queue is
+    /// full, discarded when the link is down; the protocol re-sends what
+    /// matters).
+    pub fn flush(&mut self) {
+        for queue in self.peers.values_mut() {
+            if queue.frames == 0 {
+                continue;
+            }
+            match queue.out.deliver(&queue.bytes, queue.frames, self.frames_max) {
+                outbox::Delivered::Sent => {}
+                outbox::Delivered::Dropped => {
+                    self.dropped.fetch_add(queue.frames as u64, Ordering::Relaxed);
+                }
+                outbox::Delivered::Discarded => {
+                    self.discarded.fetch_add(queue.frames as u64, Ordering::Relaxed);
+                }
+            }
+            queue.bytes.clear();
+            queue.frames = 0;
+            // A rare huge turn (a snapshot chunk) need not keep its buffer.
+            if queue.bytes.capacity() > TURN_BYTES_KEPT_MAX {
+                queue.bytes = Vec::new();
+            }
         }
     }
 
-    /// Frames refused by [`PeerSenders::send`] (mostly: a queue was full).
+    /// Frames refused or dropped (mostly: a writer's queue was full).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Frames a writer discarded unsent because its link was down or
-    /// reconnecting when they were queued.
+    /// Frames discarded unsent because their link was down or reconnecting.
     pub fn discarded(&self) -> u64 {
         self.discarded.load(Ordering::Relaxed)
     }
@@ -226,6 +272,18 @@ impl PeerSenders {
         &self.stats
     }
 }
+
+impl Drop for PeerSenders {
+    /// The writer threads end with the loop's side.
+    fn drop(&mut self) {
+        for queue in self.peers.values() {
+            queue.out.close();
+        }
+    }
+}
+
+/// A per-peer turn buffer above this many bytes is given back after its flush.
+const TURN_BYTES_KEPT_MAX: usize = 1 << 20;
 
 /// Binds the listener (an error names the address), spawns the accept thread
 /// and one writer thread per other peer, and returns at once.
@@ -268,14 +326,21 @@ pub(crate) fn start_on(
     listener::spawn_accept(listener, Arc::clone(&shared))?;
     qlog!("listening on {local} for peers and clients");
     let discarded = Arc::new(AtomicU64::new(0));
-    let mut queues = BTreeMap::new();
+    let mut peers = BTreeMap::new();
     for (&to, addr) in cfg.dial.iter().filter(|(&to, _)| to != cfg.id) {
-        let (tx, rx) = crossbeam_channel::bounded(cfg.peer_queue_max.max(1));
-        peer::spawn_writer(to, addr.clone(), rx, Arc::clone(&shared), Arc::clone(&discarded))?;
-        queues.insert(to, tx);
+        let out = Arc::new(outbox::PeerOut::default());
+        let shared = Arc::clone(&shared);
+        peer::spawn_writer(to, addr.clone(), Arc::clone(&out), shared, Arc::clone(&discarded))?;
+        peers.insert(to, PeerQueue { out, bytes: Vec::new(), frames: 0 });
     }
     let stats = Arc::clone(&shared.stats);
-    Ok(PeerSenders { queues, dropped: AtomicU64::new(0), discarded, stats })
+    Ok(PeerSenders {
+        peers,
+        frames_max: cfg.peer_queue_max.max(1),
+        dropped: AtomicU64::new(0),
+        discarded,
+        stats,
+    })
 }
 
 /// A short digest of the peer list: 16 hex digits of FNV-1a 64 over the

@@ -4,15 +4,15 @@
 
 use super::handshake::{self, HANDSHAKE_BYTES_MAX, HANDSHAKE_MS_MAX};
 use super::input::{Input, LineEnd};
+use super::outbox::{direct_write_timeout, Link, PeerOut, PeerState};
 use super::{should_log, Event, Shared, Slot, TransportStats};
 use crate::protocol::types::ReplicaId;
 use crate::qlog;
 use crate::wire::{self, WireError};
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,6 @@ const BACKOFF_MS_MAX: u64 = 100;
 /// reading (SIGSTOP, a partition): drop the link and dial again rather than
 /// wedge the writer. Heartbeats are ~20 ms, so a live peer never gets close.
 const PEER_WRITE_MS_MAX: u64 = 2_000;
-
-/// Most bytes gathered into one write; a batch this large is already
-/// efficient, and the bound keeps the buffer small.
-const BATCH_BYTES_MAX: usize = 1024 * 1024;
 
 const _: () = assert!(BACKOFF_MS_MIN <= BACKOFF_MS_MAX);
 
@@ -237,21 +233,22 @@ fn unregister(shared: &Shared, from: ReplicaId, generation: u64) -> bool {
 struct Writer {
     to: ReplicaId,
     addr: String,
-    rx: Receiver<Arc<Vec<u8>>>,
+    /// The link's output, shared with the loop.
+    out: Arc<PeerOut>,
     shared: Arc<Shared>,
     /// Frames discarded because they were queued while the link was down.
     discarded: Arc<AtomicU64>,
 }
 
-/// Spawns the writer thread for peer `to`, which lives as long as its queue.
+/// Spawns the writer thread for peer `to`, which lives until `out` is closed.
 pub(super) fn spawn_writer(
     to: ReplicaId,
     addr: String,
-    rx: Receiver<Arc<Vec<u8>>>,
+    out: Arc<PeerOut>,
     shared: Arc<Shared>,
     discarded: Arc<AtomicU64>,
 ) -> io::Result<()> {
-    let writer = Writer { to, addr, rx, shared, discarded };
+    let writer = Writer { to, addr, out, shared, discarded };
     thread::Builder::new().name(format!("peer writer r{to}")).spawn(move || writer.run())?;
     Ok(())
 }
@@ -262,9 +259,9 @@ enum LinkEnd {
     Stop,
     /// The link broke; dial again after the backoff.
     Down,
-    /// The peer reset the link (it restarted): dial again at once and send
-    /// this batch first.
-    Retry(Vec<u8>),
+    /// The peer reset the link (it restarted): dial again at once; the batch
+    /// that found the link broken waits in the queue to go first.
+    Retry,
 }
 
 /// Our outbound links only write, so a peer that dies (kill -9) is noticed
@@ -294,25 +291,25 @@ fn watch_for_reset(stream: &TcpStream) {
 
 /// How a connected link's pump ended.
 enum PumpEnd {
-    /// The queue's sender is gone: the transport is shutting down.
-    QueueClosed,
+    /// The loop's side is gone: the transport is shutting down.
+    Closed,
     /// A write failed or timed out; the batch that did not go out.
     Failed(io::Error, Vec<u8>),
 }
 
 impl Writer {
     /// Dial, handshake, pump, and on failure back off and dial again, until
-    /// the queue closes or the loop is gone.
+    /// the loop's side closes.
     fn run(self) {
         let (to, addr) = (self.to, self.addr.as_str());
         let mut backoff_ms = BACKOFF_MS_MIN;
         let mut failures = 0u64;
-        // The batch a broken link failed to send: the link is re-dialled at
-        // once and it goes first, so a peer that restarted (its old socket
-        // reset) still gets the message that found the link broken.
-        let mut unsent: Option<Vec<u8>> = None;
+        // A broken link's last batch is re-sent first on a link dialled at
+        // once, so a peer that restarted (its old socket reset) still gets
+        // the message that found the link broken.
+        let mut retrying = false;
         loop {
-            if unsent.is_none() && !self.discard_queued() {
+            if !retrying && !self.go_down() {
                 return;
             }
             match handshake::dial(addr, to, &self.shared.local()) {
@@ -323,49 +320,74 @@ impl Writer {
                     }
                     failures = 0;
                     backoff_ms = BACKOFF_MS_MIN;
-                    match self.serve_link(&stream, unsent.take()) {
+                    match self.serve_link(&stream, retrying) {
                         LinkEnd::Stop => return,
-                        LinkEnd::Retry(batch) => {
-                            unsent = Some(batch);
+                        LinkEnd::Retry => {
+                            retrying = true;
                             continue;
                         }
-                        LinkEnd::Down => {}
+                        LinkEnd::Down => retrying = false,
                     }
                 }
                 Err(e) => {
-                    unsent = None;
+                    retrying = false;
                     failures += 1;
                     if should_log(failures) {
                         qlog!("link to r{to} ({addr}) not up: {e} (attempt {failures})");
                     }
                 }
             }
-            if !self.wait_discarding(Duration::from_millis(backoff_ms)) {
+            if !self.go_down() || !self.pause(Duration::from_millis(backoff_ms)) {
                 return;
             }
             backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
         }
     }
 
-    /// Runs one connected link: `LinkUp`, frames, and `LinkDown` when it
-    /// fails. `first` is a batch a broken link failed to send.
-    fn serve_link(&self, stream: &TcpStream, first: Option<Vec<u8>>) -> LinkEnd {
-        let retrying = first.is_some();
-        // Frames queued while the handshake ran are stale already (but not a
-        // batch being retried: it was current when the old link broke).
-        if (!retrying && !self.discard_queued())
-            || self.shared.events_tx.send(Event::LinkUp(self.to)).is_err()
-        {
-            return LinkEnd::Stop;
-        }
-        watch_for_reset(stream);
-        let end = match stream.set_write_timeout(Some(Duration::from_millis(PEER_WRITE_MS_MAX))) {
-            Ok(()) => self.pump(stream, first.unwrap_or_default()),
+    /// Marks the link down and discards what was queued for it. False when
+    /// the loop's side has closed.
+    fn go_down(&self) -> bool {
+        let mut st = self.out.lock();
+        st.link = Link::Down;
+        st.failed = None;
+        st.queue = Vec::new();
+        let frames = std::mem::take(&mut st.frames);
+        self.discarded.fetch_add(frames as u64, Ordering::Relaxed);
+        !st.closed
+    }
+
+    /// Waits out a backoff. False when the loop's side has closed.
+    fn pause(&self, pause: Duration) -> bool {
+        let deadline = Instant::now() + pause;
+        !self.out.wait_until(Some(deadline), |st| st.closed).closed
+    }
+
+    /// Runs one connected link: installs it for the loop, `LinkUp`, writes
+    /// what the loop hands over, and `LinkDown` when it fails.
+    fn serve_link(&self, stream: &TcpStream, retrying: bool) -> LinkEnd {
+        let installed = stream
+            .set_write_timeout(direct_write_timeout())
+            .and_then(|()| stream.try_clone())
+            .map(|clone| {
+                // Installed before LinkUp, so what the loop sends on hearing
+                // of it (HELLO) finds the link up.
+                let mut st = self.out.lock();
+                let writer_owns = !st.queue.is_empty();
+                st.link = Link::Up { stream: clone, writer_owns };
+            });
+        let end = match installed {
+            Ok(()) => {
+                if self.shared.events_tx.send(Event::LinkUp(self.to)).is_err() {
+                    return LinkEnd::Stop;
+                }
+                watch_for_reset(stream);
+                self.pump(stream)
+            }
             Err(e) => PumpEnd::Failed(e, Vec::new()),
         };
         let _ = stream.shutdown(Shutdown::Both);
         match end {
-            PumpEnd::QueueClosed => LinkEnd::Stop,
+            PumpEnd::Closed => LinkEnd::Stop,
             PumpEnd::Failed(e, batch) => {
                 qlog!("link to r{} ({}) down: {e}", self.to, self.addr);
                 if self.shared.events_tx.send(Event::LinkDown(self.to)).is_err() {
@@ -374,7 +396,13 @@ impl Writer {
                 let reset =
                     matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset);
                 if reset && !retrying && !batch.is_empty() {
-                    LinkEnd::Retry(batch)
+                    // The failed batch goes first, then what queued meanwhile.
+                    let mut st = self.out.lock();
+                    let mut queue = batch;
+                    queue.append(&mut st.queue);
+                    st.queue = queue;
+                    st.frames += 1;
+                    LinkEnd::Retry
                 } else {
                     LinkEnd::Down
                 }
@@ -382,59 +410,77 @@ impl Writer {
         }
     }
 
-    /// Writes queued frames, gathering everything already queued into one
-    /// write, until a write fails or the queue closes. `batch` starts non-empty
-    /// when a broken link's last batch is being retried.
-    fn pump(&self, mut stream: &TcpStream, mut batch: Vec<u8>) -> PumpEnd {
-        if !batch.is_empty() {
-            if let Err(e) = stream.write_all(&batch) {
-                return PumpEnd::Failed(e, batch);
-            }
-            batch.clear();
-        }
+    /// Writes what the loop hands over (everything queued, in one write)
+    /// until a write fails or the loop's side closes. Gives the socket back
+    /// to the loop whenever the queue is empty.
+    fn pump(&self, mut stream: &TcpStream) -> PumpEnd {
+        let long = Some(Duration::from_millis(PEER_WRITE_MS_MAX));
+        let mut spare = Vec::new();
+        let mut timeout_long = false;
         loop {
-            match self.rx.recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => return PumpEnd::QueueClosed,
+            let mut st = self.out.wait_until(None, |st| {
+                st.closed || st.failed.is_some() || !st.queue.is_empty() || writer_owns(st)
+            });
+            if st.closed {
+                return PumpEnd::Closed;
             }
-            while batch.len() < BATCH_BYTES_MAX {
-                match self.rx.try_recv() {
-                    Ok(frame) => batch.extend_from_slice(&frame),
-                    Err(_) => break,
+            if let Some(e) = st.failed.take() {
+                return self.lose_link(st, e);
+            }
+            if st.queue.is_empty() {
+                // Caught up: the loop may write again, with the short timeout.
+                if timeout_long {
+                    if let Err(e) = stream.set_write_timeout(direct_write_timeout()) {
+                        return self.lose_link(st, e);
+                    }
+                    timeout_long = false;
                 }
+                if let Link::Up { writer_owns, .. } = &mut st.link {
+                    *writer_owns = false;
+                }
+                continue;
             }
-            if let Err(e) = stream.write_all(&batch) {
-                return PumpEnd::Failed(e, batch);
+            std::mem::swap(&mut st.queue, &mut spare);
+            st.frames = 0;
+            drop(st);
+            let written = if timeout_long {
+                Ok(())
+            } else {
+                timeout_long = true;
+                stream.set_write_timeout(long)
+            };
+            if let Err(e) = written.and_then(|()| stream.write_all(&spare)) {
+                let st = self.out.lock();
+                let mut batch = std::mem::take(&mut spare);
+                let st = self.put_back(st, &mut batch);
+                return self.lose_link(st, e);
             }
-            batch.clear();
+            spare.clear();
         }
     }
 
-    /// Drops every queued frame. False when the queue has closed.
-    fn discard_queued(&self) -> bool {
-        loop {
-            match self.rx.try_recv() {
-                Ok(_) => {
-                    self.discarded.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
-            }
-        }
+    /// Puts a batch that did not go out back in front of the queue.
+    fn put_back<'a>(
+        &self,
+        mut st: MutexGuard<'a, PeerState>,
+        batch: &mut Vec<u8>,
+    ) -> MutexGuard<'a, PeerState> {
+        batch.append(&mut st.queue);
+        st.queue = std::mem::take(batch);
+        st
     }
 
-    /// Sleeps for `pause` while dropping frames that arrive meanwhile. False
-    /// when the queue has closed.
-    fn wait_discarding(&self, pause: Duration) -> bool {
-        let deadline = Instant::now() + pause;
-        loop {
-            match self.rx.recv_deadline(deadline) {
-                Ok(_) => {
-                    self.discarded.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(RecvTimeoutError::Timeout) => return true,
-                Err(RecvTimeoutError::Disconnected) => return false,
-            }
-        }
+    /// The link failed: the loop stops writing to it (frames queue until the
+    /// writer decides between a retry and going down), and the queue becomes
+    /// the failed batch.
+    fn lose_link(&self, mut st: MutexGuard<'_, PeerState>, e: io::Error) -> PumpEnd {
+        st.link = Link::Retrying;
+        st.frames = 0;
+        PumpEnd::Failed(e, std::mem::take(&mut st.queue))
     }
+}
+
+/// True when the writer thread holds the socket.
+fn writer_owns(st: &PeerState) -> bool {
+    matches!(st.link, Link::Up { writer_owns: true, .. })
 }

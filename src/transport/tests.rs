@@ -3,10 +3,11 @@
 //! sleep used as synchronisation.
 
 use super::*;
+use crate::client::Reply;
+use crate::mailbox::{self, Receiver};
 use crate::protocol::message::PeerMsg;
 use crate::protocol::types::{Epoch, Formation, Incarnation};
 use crate::wire;
-use crossbeam_channel::Receiver;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::time::{Duration, Instant};
@@ -60,18 +61,25 @@ impl Events {
         }
     }
 
-    fn client_open(&mut self) -> (ConnId, Sender<(u64, Reply)>) {
+    fn client_open(&mut self) -> (ConnId, Arc<ClientOut>) {
         match self.wait_for("ClientOpen", |e| matches!(e, Event::ClientOpen { .. })) {
-            Event::ClientOpen { conn, reply_tx } => (conn, reply_tx),
+            Event::ClientOpen { conn, out } => (conn, out),
             _ => unreachable!(),
         }
     }
 }
 
 fn start_with(listener: TcpListener, cfg: TransportConfig) -> (PeerSenders, Events) {
-    let (tx, rx) = crossbeam_channel::bounded(256);
+    let (tx, rx) = mailbox::bounded(256);
     let senders = start_on(listener, cfg, tx).unwrap();
     (senders, Events { rx, stash: Vec::new() })
+}
+
+/// Sends one frame and flushes it, as the loop does at the end of a turn.
+fn send_now(senders: &mut PeerSenders, to: ReplicaId, env: &Envelope) -> bool {
+    let queued = senders.send(to, &wire::encode(env));
+    senders.flush();
+    queued
 }
 
 /// A transport with no peers to dial, for client and inbound tests.
@@ -142,23 +150,23 @@ fn fake_peer(addr: &str, from: u8, peers: &[String]) -> Conn {
 fn two_transports_link_up_and_exchange_frames() {
     let (la, lb) = (listener(), listener());
     let peers = vec![addr_of(&la), addr_of(&lb)];
-    let (a, mut a_events) = start_with(la, config(1, &peers, &[(2, &peers[1])]));
-    let (b, mut b_events) = start_with(lb, config(2, &peers, &[(1, &peers[0])]));
+    let (mut a, mut a_events) = start_with(la, config(1, &peers, &[(2, &peers[1])]));
+    let (mut b, mut b_events) = start_with(lb, config(2, &peers, &[(1, &peers[0])]));
     a_events.wait_for("LinkUp(2)", |e| matches!(e, Event::LinkUp(ReplicaId(2))));
     b_events.wait_for("LinkUp(1)", |e| matches!(e, Event::LinkUp(ReplicaId(1))));
 
     for seq in 0..3 {
-        assert!(a.send(ReplicaId(2), Arc::new(wire::encode(&envelope(1, seq)))));
+        assert!(send_now(&mut a, ReplicaId(2), &envelope(1, seq)));
     }
     for seq in 0..3 {
         let got = b_events.wait_for("a frame from 1", |e| matches!(e, Event::Peer(_)));
         assert!(matches!(got, Event::Peer(env) if env == envelope(1, seq)));
     }
-    assert!(b.send(ReplicaId(1), Arc::new(wire::encode(&envelope(2, 9)))));
+    assert!(send_now(&mut b, ReplicaId(1), &envelope(2, 9)));
     let got = a_events.wait_for("a frame from 2", |e| matches!(e, Event::Peer(_)));
     assert!(matches!(got, Event::Peer(env) if env == envelope(2, 9)));
 
-    assert!(!a.send(ReplicaId(7), Arc::new(wire::encode(&envelope(1, 0)))));
+    assert!(!send_now(&mut a, ReplicaId(7), &envelope(1, 0)));
     assert_eq!(a.dropped(), 1);
 }
 
@@ -189,16 +197,19 @@ fn replies_are_written_in_seq_order() {
     let (addr, mut events, _) = lone(Limits::default(), 8, 0);
     let mut client = Conn::open(&addr);
     client.send(b"xyzzy\n");
-    let (conn, reply_tx) = events.client_open();
+    let (conn, out) = events.client_open();
     // Seq 0 is the parser's error; the loop's answers arrive out of order.
-    reply_tx.send((3, Reply::Written(3))).unwrap();
-    reply_tx.send((2, Reply::NotFound)).unwrap();
-    reply_tx.send((1, Reply::Value(b"a b".to_vec()))).unwrap();
+    out.reply(3, Reply::Written(3));
+    out.reply(2, Reply::NotFound);
+    out.flush();
+    out.reply(1, Reply::Value(b"a b".to_vec()));
+    out.flush();
     assert!(client.line().starts_with("ERR BADCMD"));
     assert_eq!(client.line(), "VALUE a b");
     assert_eq!(client.line(), "NOTFOUND");
     assert_eq!(client.line(), "OK 3");
-    reply_tx.send((4, Reply::Bye)).unwrap();
+    out.reply(4, Reply::Bye);
+    out.flush();
     assert_eq!(client.line(), "BYE");
     client.expect_eof();
     events.wait_for("ClientClosed", |e| matches!(e, Event::ClientClosed { conn: c } if *c == conn));
@@ -245,7 +256,7 @@ fn connection_limit_answers_busy() {
     let (addr, mut events, peers) = lone(Limits::default(), 1, 0);
     let mut first = Conn::open(&addr);
     first.send(b"xyzzy\n");
-    let (conn, _reply_tx) = events.client_open();
+    let (conn, _out) = events.client_open();
     assert!(first.line().starts_with("ERR BADCMD"));
 
     let mut second = Conn::open(&addr);
@@ -280,7 +291,7 @@ fn idle_client_is_closed() {
     let (addr, mut events, _) = lone(Limits::default(), 8, 100);
     let mut client = Conn::open(&addr);
     client.send(b"xyzzy\n");
-    let (conn, _reply_tx) = events.client_open();
+    let (conn, _out) = events.client_open();
     assert!(client.line().starts_with("ERR BADCMD"));
     client.expect_eof();
     events.wait_for("ClientClosed", |e| matches!(e, Event::ClientClosed { conn: c } if *c == conn));
@@ -291,7 +302,7 @@ fn bad_frames_close_only_their_own_link() {
     let (la, lb) = (listener(), listener());
     let peers = vec![addr_of(&la), addr_of(&lb), "127.0.0.1:1".into()];
     let (_a, mut a_events) = start_with(la, config(1, &peers, &[]));
-    let (b, mut b_events) = start_with(lb, config(2, &peers, &[(1, &peers[0])]));
+    let (mut b, mut b_events) = start_with(lb, config(2, &peers, &[(1, &peers[0])]));
     b_events.wait_for("LinkUp(1)", |e| matches!(e, Event::LinkUp(ReplicaId(1))));
 
     let mut fake = fake_peer(&peers[0], 3, &peers);
@@ -311,7 +322,7 @@ fn bad_frames_close_only_their_own_link() {
     a_events.wait_for("LinkDown(3)", |e| matches!(e, Event::LinkDown(ReplicaId(3))));
 
     // The link from 2 is untouched.
-    assert!(b.send(ReplicaId(1), Arc::new(wire::encode(&envelope(2, 4)))));
+    assert!(send_now(&mut b, ReplicaId(1), &envelope(2, 4)));
     let got = a_events.wait_for("a frame from 2", |e| matches!(e, Event::Peer(_)));
     assert!(matches!(got, Event::Peer(env) if env == envelope(2, 4)));
     assert!(!a_events.stash.iter().any(|e| matches!(e, Event::LinkDown(ReplicaId(2)))));
@@ -350,21 +361,21 @@ fn answer_dial(l: &TcpListener, answer: &str) -> Conn {
 fn writer_reports_down_once_and_redials() {
     let (la, remote) = (listener(), listener());
     let peers = vec![addr_of(&la), addr_of(&remote)];
-    let (a, mut events) = start_with(la, config(1, &peers, &[(2, &peers[1])]));
+    let (mut a, mut events) = start_with(la, config(1, &peers, &[(2, &peers[1])]));
 
     // A refused handshake is no LinkUp; the writer backs off and dials again.
     let refused = answer_dial(&remote, "QKVPEER-REFUSED testing\n");
     drop(refused);
     let mut link = answer_dial(&remote, "QKVPEER-OK 2\n");
     events.wait_for("LinkUp(2)", |e| matches!(e, Event::LinkUp(ReplicaId(2))));
-    assert!(a.send(ReplicaId(2), Arc::new(wire::encode(&envelope(1, 0)))));
+    assert!(send_now(&mut a, ReplicaId(2), &envelope(1, 0)));
     assert_eq!(wire::read_frame(&mut link.reader).unwrap(), envelope(1, 0));
 
     // The peer goes away: frames fail, one LinkDown, then a new dial.
     drop(link);
     let deadline = Instant::now() + WAIT;
     loop {
-        a.send(ReplicaId(2), Arc::new(wire::encode(&envelope(1, 1))));
+        send_now(&mut a, ReplicaId(2), &envelope(1, 1));
         if let Ok(Event::LinkDown(ReplicaId(2))) = events.rx.recv_timeout(Duration::from_millis(5))
         {
             break;
@@ -418,11 +429,11 @@ fn transports_with_the_same_key_link_up() {
     let mut cb = config(2, &peers, &[(1, &peers[0])]);
     ca.cluster_key = Some(key.clone());
     cb.cluster_key = Some(key);
-    let (a, mut a_events) = start_with(la, ca);
+    let (mut a, mut a_events) = start_with(la, ca);
     let (_b, mut b_events) = start_with(lb, cb);
     a_events.wait_for("LinkUp(2)", |e| matches!(e, Event::LinkUp(ReplicaId(2))));
     b_events.wait_for("LinkUp(1)", |e| matches!(e, Event::LinkUp(ReplicaId(1))));
-    assert!(a.send(ReplicaId(2), Arc::new(wire::encode(&envelope(1, 0)))));
+    assert!(send_now(&mut a, ReplicaId(2), &envelope(1, 0)));
     let got = b_events.wait_for("a frame from 1", |e| matches!(e, Event::Peer(_)));
     assert!(matches!(got, Event::Peer(env) if env == envelope(1, 0)));
 }
@@ -517,7 +528,7 @@ fn a_client_that_never_reads_gets_at_most_the_inflight_cap_served() {
     let (addr, mut events, _) = lone(Limits::default(), 8, 0);
     let mut client = Conn::open(&addr);
     client.send(&b"STATUS\n".repeat(CLIENT_INFLIGHT_MAX + 500));
-    let (_conn, reply_tx) = events.client_open();
+    let (_conn, out) = events.client_open();
     let count_requests = |events: &mut Events| {
         let mut n = 0;
         while let Ok(e) = events.rx.recv_timeout(Duration::from_millis(300)) {
@@ -530,10 +541,63 @@ fn a_client_that_never_reads_gets_at_most_the_inflight_cap_served() {
     assert_eq!(count_requests(&mut events), CLIENT_INFLIGHT_MAX);
     // Ten replies written: ten more requests read.
     for seq in 0..10 {
-        reply_tx.send((seq, Reply::NotFound)).unwrap();
+        out.reply(seq, Reply::NotFound);
     }
+    out.flush();
     assert_eq!(count_requests(&mut events), 10);
     for _ in 0..10 {
         assert_eq!(client.line(), "NOTFOUND");
     }
+}
+
+/// The longest a flush from the loop may take in these tests: a write from
+/// the loop waits one clock tick at most; the rest is slack for a busy machine.
+const FLUSH_MAX: Duration = Duration::from_millis(300);
+
+#[test]
+fn a_client_that_does_not_read_never_holds_up_the_loop() {
+    let (addr, mut events, _) = lone(Limits::default(), 8, 0);
+    let mut client = Conn::open(&addr);
+    let replies = 200u64;
+    client.send(&b"GET k\n".repeat(replies as usize));
+    let (_conn, out) = events.client_open();
+    // 12 MB of replies, far more than the socket buffers hold: the writer
+    // thread takes over and every flush returns at once.
+    let value = vec![b'v'; 60_000];
+    for seq in 0..replies {
+        let started = Instant::now();
+        out.reply(seq, Reply::Value(value.clone()));
+        out.flush();
+        assert!(started.elapsed() < FLUSH_MAX, "flush {seq} took {:?}", started.elapsed());
+    }
+    for _ in 0..replies {
+        assert_eq!(client.line().len(), "VALUE ".len() + value.len());
+    }
+}
+
+#[test]
+fn a_peer_that_does_not_read_never_holds_up_the_loop() {
+    let (la, remote) = (listener(), listener());
+    let peers = vec![addr_of(&la), addr_of(&remote)];
+    let (mut a, mut events) = start_with(la, config(1, &peers, &[(2, &peers[1])]));
+    let mut link = answer_dial(&remote, "QKVPEER-OK 2\n");
+    events.wait_for("LinkUp(2)", |e| matches!(e, Event::LinkUp(ReplicaId(2))));
+    // 50 frames of 100 KB: the writer thread takes over once the socket is
+    // full; its queue (64 frames in this config) holds them all.
+    let big = |seq: u64| Envelope {
+        msg: PeerMsg::ReadReq { read: seq, boot: 1, key: "k".repeat(100_000) },
+        ..envelope(1, seq)
+    };
+    for seq in 0..50 {
+        let started = Instant::now();
+        assert!(send_now(&mut a, ReplicaId(2), &big(seq)));
+        assert!(started.elapsed() < FLUSH_MAX, "flush {seq} took {:?}", started.elapsed());
+    }
+    for seq in 0..50 {
+        assert_eq!(wire::read_frame(&mut link.reader).unwrap(), big(seq));
+    }
+    assert_eq!((a.dropped(), a.discarded()), (0, 0));
+    // Caught up: the loop writes again.
+    assert!(send_now(&mut a, ReplicaId(2), &envelope(1, 99)));
+    assert_eq!(wire::read_frame(&mut link.reader).unwrap(), envelope(1, 99));
 }
