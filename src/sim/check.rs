@@ -18,7 +18,9 @@
 //! the snapshot check covers them.
 
 use crate::protocol::durable::Persist;
+use crate::protocol::message::PeerMsg;
 use crate::protocol::types::{Command, EntryId, Epoch, LogIndex, ReplicaId};
+use crate::protocol::Output;
 use crate::protocol::Replica;
 use std::collections::BTreeMap;
 
@@ -104,6 +106,25 @@ impl Checker {
                     }
                 }
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages a step sends: a learner never votes or promises (DESIGN §6:
+    /// a wiped directory counts for nothing until it is promoted), whatever a
+    /// receiver would make of it.
+    pub fn check_sends(&self, r: &Replica, out: &[Output]) -> Result<(), String> {
+        for o in out {
+            if let Output::Send { env, .. } = o {
+                let counted = matches!(env.msg, PeerMsg::Vote { .. } | PeerMsg::Promise { .. });
+                if env.learner && counted {
+                    return Err(format!(
+                        "learner r{} sent a {} (learners never vote or promise)",
+                        r.id(),
+                        env.msg.name()
+                    ));
+                }
             }
         }
         Ok(())

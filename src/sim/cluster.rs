@@ -561,7 +561,10 @@ impl SimCluster {
         let persist_check = self.checker.check_persists(replica, commit_before, &ops);
         // The state checks run before the outputs go out: a replica killed
         // while sending may already have told others what it committed.
-        let step_check = self.checker.after_step(replica, node.life);
+        let step_check = self
+            .checker
+            .after_step(replica, node.life)
+            .and(self.checker.check_sends(replica, &out));
         for op in &ops {
             self.trace.push(|| format!("        persist {}", fmt::persist(op)));
         }
