@@ -1,144 +1,118 @@
-//! Queues between threads that wait without spinning.
+//! Crossbeam channels whose receiver parks without spinning.
 //!
-//! crossbeam's channels spin, then call `sched_yield` several times, before
-//! a receiver parks (and again in `select!`). On a machine with few cores and
-//! many threads each of those yields is a context switch: measured on a
-//! 2-core VM under one client writing through a follower, the replica threads
-//! made about 30 `sched_yield` calls per write and burned most of a core. A
-//! [`Receiver`] here parks on a condition variable at once when its queue is
-//! empty, and a [`Sender`] wakes it only when it is parked, so a busy
-//! receiver costs its senders no system call at all.
+//! Every queue between threads (reader threads to the event loop, the loop
+//! to its disk thread and to peer writer threads) is a crossbeam channel.
+//! What this module changes is only how an idle receiver waits. crossbeam's
+//! blocking `recv` spins, then calls `sched_yield` several times, before it
+//! parks. On a machine with few cores and many threads each of those yields
+//! is a context switch: measured on a 2-core VM under one client writing
+//! through a follower, the replica threads made about 30 `sched_yield` calls
+//! per write and burned most of a core. Here the receiver only ever calls
+//! `try_recv`; when the channel is empty it parks on a condition variable at
+//! once, and a [`Sender`] wakes it only when it is parked, so a busy
+//! receiver costs its senders nothing beyond crossbeam's own push.
 //!
-//! Each queue has any number of senders and one receiver, and the
-//! disconnect rules of a channel: a receive fails once every sender is gone
-//! and the queue is empty, a send fails once the receiver is gone. The error
-//! types are crossbeam's, so callers read as they would with a channel.
+//! No wake-up is lost: the receiver announces that it is about to park and
+//! then looks at the channel once more, the sender pushes and then looks at
+//! the announcement, with a sequentially consistent fence between the two
+//! steps on each side. At least one of them sees the other; the notify is
+//! sent under the lock the receiver holds until it waits.
+//!
+//! Disconnection is crossbeam's: a receive fails once every sender is gone
+//! and the channel is empty, a send fails once the receiver is gone. A
+//! sender blocked on a full bounded channel waits inside crossbeam (only
+//! under overload, where a few yields do not matter).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 pub use crossbeam_channel::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
 
-/// A queue that holds at most `cap` items (at least 1); senders wait for room.
+/// A channel that holds at most `cap` items (at least 1); senders wait for room.
 pub fn bounded<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
-    with_cap(cap.max(1))
+    let (tx, rx) = crossbeam_channel::bounded(cap.max(1));
+    wrap(tx, rx)
 }
 
-/// A queue without a bound; senders never wait.
+/// A channel without a bound; senders never wait.
 pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
-    with_cap(usize::MAX)
+    let (tx, rx) = crossbeam_channel::unbounded();
+    wrap(tx, rx)
 }
 
-fn with_cap<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            queue: VecDeque::new(),
-            cap,
-            senders: 1,
-            receiver: true,
-            receiver_waiting: false,
-            senders_waiting: 0,
-        }),
-        items: Condvar::new(),
-        room: Condvar::new(),
+fn wrap<T>(
+    tx: crossbeam_channel::Sender<T>,
+    rx: crossbeam_channel::Receiver<T>,
+) -> (Sender<T>, Receiver<T>) {
+    let parker = Arc::new(Parker {
+        parked: AtomicBool::new(false),
+        lock: Mutex::new(()),
+        wake: Condvar::new(),
     });
-    (Sender { shared: Arc::clone(&shared) }, Receiver { shared })
+    (Sender { tx: Some(tx), parker: Arc::clone(&parker) }, Receiver { rx, parker })
 }
 
-struct Shared<T> {
-    state: Mutex<State<T>>,
-    /// The receiver waits here for an item.
-    items: Condvar,
-    /// Senders wait here for room.
-    room: Condvar,
+/// Where the receiver waits while its channel is empty.
+struct Parker {
+    /// The receiver is parked, or about to park, on `wake`.
+    parked: AtomicBool,
+    /// Held by the receiver from announcing until it waits, and by a
+    /// sender while it notifies, so a notify cannot fall between the two.
+    lock: Mutex<()>,
+    wake: Condvar,
 }
 
-struct State<T> {
-    queue: VecDeque<T>,
-    /// Most items queued at once.
-    cap: usize,
-    /// Live [`Sender`]s.
-    senders: usize,
-    /// False once the [`Receiver`] is dropped.
-    receiver: bool,
-    /// The receiver is parked on `items`.
-    receiver_waiting: bool,
-    /// Senders parked on `room`.
-    senders_waiting: usize,
-}
-
-impl<T> Shared<T> {
-    /// The state; a thread that panicked holding the lock left it consistent
-    /// (every change below is a single push, pop or counter update).
-    fn lock(&self) -> MutexGuard<'_, State<T>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+impl Parker {
+    /// Called by a sender after its push (or its disconnect).
+    fn unpark(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::SeqCst) {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_one();
+        }
     }
 }
 
 /// The sending side; clone it for more senders.
 pub struct Sender<T> {
-    shared: Arc<Shared<T>>,
+    /// Always `Some` until drop, which lets go of it before waking the
+    /// receiver (so a last sender's disconnect is seen).
+    tx: Option<crossbeam_channel::Sender<T>>,
+    parker: Arc<Parker>,
 }
 
 impl<T> Sender<T> {
-    /// Queues `item`, waiting while the queue is full. Fails, giving the item
-    /// back, when the receiver is gone.
+    fn tx(&self) -> &crossbeam_channel::Sender<T> {
+        self.tx.as_ref().expect("a live sender holds its channel")
+    }
+
+    /// Queues `item`, waiting while the channel is full. Fails, giving the
+    /// item back, when the receiver is gone.
     pub fn send(&self, item: T) -> Result<(), SendError<T>> {
-        let mut state = self.shared.lock();
-        loop {
-            if !state.receiver {
-                return Err(SendError(item));
-            }
-            if state.queue.len() < state.cap {
-                self.push(state, item);
-                return Ok(());
-            }
-            state.senders_waiting += 1;
-            state = self.shared.room.wait(state).unwrap_or_else(|e| e.into_inner());
-            state.senders_waiting -= 1;
-        }
+        self.tx().send(item)?;
+        self.parker.unpark();
+        Ok(())
     }
 
     /// Queues `item` if there is room, never waiting.
     pub fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
-        let state = self.shared.lock();
-        if !state.receiver {
-            return Err(TrySendError::Disconnected(item));
-        }
-        if state.queue.len() >= state.cap {
-            return Err(TrySendError::Full(item));
-        }
-        self.push(state, item);
+        self.tx().try_send(item)?;
+        self.parker.unpark();
         Ok(())
-    }
-
-    fn push(&self, mut state: MutexGuard<'_, State<T>>, item: T) {
-        state.queue.push_back(item);
-        let wake = state.receiver_waiting;
-        drop(state);
-        if wake {
-            self.shared.items.notify_one();
-        }
     }
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        self.shared.lock().senders += 1;
-        Sender { shared: Arc::clone(&self.shared) }
+        Sender { tx: self.tx.clone(), parker: Arc::clone(&self.parker) }
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.senders -= 1;
-        let wake = state.senders == 0 && state.receiver_waiting;
-        drop(state);
-        if wake {
-            self.shared.items.notify_one();
-        }
+        drop(self.tx.take());
+        self.parker.unpark();
     }
 }
 
@@ -148,14 +122,15 @@ impl<T> std::fmt::Debug for Sender<T> {
     }
 }
 
-/// The receiving side (one per queue).
+/// The receiving side (one per channel).
 pub struct Receiver<T> {
-    shared: Arc<Shared<T>>,
+    rx: crossbeam_channel::Receiver<T>,
+    parker: Arc<Parker>,
 }
 
 impl<T> Receiver<T> {
     /// Waits for the next item. Fails once every sender is gone and the
-    /// queue is empty.
+    /// channel is empty.
     pub fn recv(&self) -> Result<T, RecvError> {
         self.recv_until(None).map_err(|_| RecvError)
     }
@@ -172,106 +147,90 @@ impl<T> Receiver<T> {
 
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.shared.lock().queue.is_empty()
+        self.rx.is_empty()
     }
 
     /// The next item if one is queued.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        let mut state = self.shared.lock();
-        match state.queue.pop_front() {
-            Some(item) => {
-                self.made_room(state, 1);
-                Ok(item)
-            }
-            None if state.senders == 0 => Err(TryRecvError::Disconnected),
-            None => Err(TryRecvError::Empty),
-        }
+        self.rx.try_recv()
     }
 
     /// Waits until an item is queued or `deadline` passes (`None`: forever),
-    /// then moves up to `max` queued items into `out` under one lock. Returns
-    /// how many it moved (0 only at the deadline); fails once every sender is
-    /// gone and the queue is empty.
+    /// then moves up to `max` queued items into `out`. Returns how many it
+    /// moved (0 only at the deadline); fails once every sender is gone and
+    /// the channel is empty.
     pub fn recv_batch(
         &self,
         out: &mut Vec<T>,
         max: usize,
         deadline: Option<Instant>,
     ) -> Result<usize, RecvError> {
-        let mut state = self.wait(deadline)?;
-        let n = state.queue.len().min(max);
-        out.extend(state.queue.drain(..n));
-        self.made_room(state, n);
+        let first = match self.recv_until(deadline) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => return Ok(0),
+            Err(RecvTimeoutError::Disconnected) => return Err(RecvError),
+        };
+        out.push(first);
+        let mut n = 1;
+        while n < max {
+            match self.rx.try_recv() {
+                Ok(item) => {
+                    out.push(item);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
         Ok(n)
     }
 
+    /// The next item once one is queued, or `Timeout` once `deadline`
+    /// (`None`: never) has passed.
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        let mut state = self.wait(deadline).map_err(|_| RecvTimeoutError::Disconnected)?;
-        match state.queue.pop_front() {
-            Some(item) => {
-                self.made_room(state, 1);
-                Ok(item)
-            }
-            None => Err(RecvTimeoutError::Timeout),
-        }
-    }
-
-    /// The locked state once the queue holds an item or `deadline` passed.
-    fn wait(&self, deadline: Option<Instant>) -> Result<MutexGuard<'_, State<T>>, RecvError> {
-        let mut state = self.shared.lock();
         loop {
-            if !state.queue.is_empty() {
-                return Ok(state);
+            match self.rx.try_recv() {
+                Ok(item) => return Ok(item),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
             }
-            if state.senders == 0 {
-                return Err(RecvError);
+            let guard = self.parker.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.parker.parked.store(true, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            // Looked at again after the announcement: a sender that pushed
+            // before it could see the announcement is caught here.
+            let idle = match self.rx.try_recv() {
+                Ok(item) => Some(Ok(item)),
+                Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+                Err(TryRecvError::Empty) => None,
+            };
+            if let Some(result) = idle {
+                self.parker.parked.store(false, Ordering::SeqCst);
+                return result;
             }
-            state.receiver_waiting = true;
-            state = match deadline {
-                None => self.shared.items.wait(state).unwrap_or_else(|e| e.into_inner()),
+            let timed_out = match deadline {
+                None => {
+                    drop(self.parker.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+                    false
+                }
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        state.receiver_waiting = false;
-                        return Ok(state);
+                        true
+                    } else {
+                        let (guard, _) = self
+                            .parker
+                            .wake
+                            .wait_timeout(guard, deadline - now)
+                            .unwrap_or_else(|e| e.into_inner());
+                        drop(guard);
+                        false
                     }
-                    let (state, _) = self
-                        .shared
-                        .items
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(|e| e.into_inner());
-                    state
                 }
             };
-            state.receiver_waiting = false;
-        }
-    }
-
-    /// `taken` items left the queue: wake senders waiting for room.
-    fn made_room(&self, state: MutexGuard<'_, State<T>>, taken: usize) {
-        let waiting = state.senders_waiting;
-        drop(state);
-        if waiting > 0 && taken > 0 {
-            if taken == 1 {
-                self.shared.room.notify_one();
-            } else {
-                self.shared.room.notify_all();
+            self.parker.parked.store(false, Ordering::SeqCst);
+            if timed_out {
+                return Err(RecvTimeoutError::Timeout);
             }
-        }
-    }
-}
-
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.receiver = false;
-        // Items still queued go with the receiver, as they would with a channel.
-        let queued = std::mem::take(&mut state.queue);
-        let wake = state.senders_waiting > 0;
-        drop(state);
-        drop(queued);
-        if wake {
-            self.shared.room.notify_all();
         }
     }
 }
@@ -329,6 +288,26 @@ mod tests {
         assert_eq!(rx.recv_batch(&mut out, 3, None), Ok(3));
         assert_eq!(rx.try_recv(), Ok(3));
         assert_eq!(out, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn no_wake_up_is_lost_in_a_ping_pong() {
+        // Every round parks one side and needs the other's send to wake it:
+        // a lost wake-up shows as a round that times out.
+        let (ping_tx, ping_rx) = bounded::<u32>(1);
+        let (pong_tx, pong_rx) = unbounded::<u32>();
+        let echo = thread::spawn(move || {
+            while let Ok(n) = ping_rx.recv_timeout(Duration::from_secs(10)) {
+                pong_tx.send(n).unwrap();
+            }
+        });
+        for i in 0..20_000 {
+            ping_tx.send(i).unwrap();
+            assert_eq!(pong_rx.recv_timeout(Duration::from_secs(10)), Ok(i), "round {i}");
+        }
+        drop(ping_tx);
+        echo.join().unwrap();
+        assert_eq!(pong_rx.recv(), Err(RecvError), "the echo thread's sender is gone");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The event loop (DESIGN §1): one thread owns the [`Replica`] and the
-//! storage; transport threads feed it [`Event`]s over one bounded queue (a
-//! [`crate::mailbox`]). Each turn of the loop waits for events (until the
-//! next tick at most), takes everything queued (up to [`EVENTS_BATCH_MAX`])
-//! under one lock, steps the replica through all of it, runs the timers,
+//! storage; transport threads feed it [`Event`]s over one bounded crossbeam
+//! channel (received through [`crate::mailbox`], which parks without
+//! spinning). Each turn of the loop waits for events (until the next tick at
+//! most), takes everything queued (up to [`EVENTS_BATCH_MAX`]), steps the replica through all of it, runs the timers,
 //! flushes the batch, and hands the outputs to the executor. Persists go to
 //! the disk thread (`crate::disk`), which fsyncs once for every batch
 //! queued; votes and promises wait for that, everything else (heartbeats

@@ -51,7 +51,7 @@
 //!   thread outlives its connection.
 //!
 //! Every [`Event`] is sent with a blocking `send` on the bounded events
-//! queue (a [`crate::mailbox`]): a busy loop slows the readers down instead
+//! crossbeam channel (see [`crate::mailbox`]): a busy loop slows the readers down instead
 //! of growing a queue. A thread whose send fails (the loop is gone) ends
 //! quietly.
 //!
