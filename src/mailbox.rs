@@ -8,15 +8,15 @@
 //! is a context switch: measured on a 2-core VM under one client writing
 //! through a follower, the replica threads made about 30 `sched_yield` calls
 //! per write and burned most of a core. Here the receiver only ever calls
-//! `try_recv`; when the channel is empty it parks on a condition variable at
+//! `try_recv`; when the channel is empty it parks its thread at
 //! once, and a [`Sender`] wakes it only when it is parked, so a busy
 //! receiver costs its senders nothing beyond crossbeam's own push.
 //!
 //! No wake-up is lost: the receiver announces that it is about to park and
 //! then looks at the channel once more, the sender pushes and then looks at
 //! the announcement, with a sequentially consistent fence between the two
-//! steps on each side. At least one of them sees the other; the notify is
-//! sent under the lock the receiver holds until it waits.
+//! steps on each side. At least one of them sees the other, and an unpark
+//! that comes before the park makes the park return at once.
 //!
 //! Disconnection is crossbeam's: a receive fails once every sender is gone
 //! and the channel is empty, a send fails once the receiver is gone. A
@@ -24,7 +24,8 @@
 //! under overload, where a few yields do not matter).
 
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, Thread};
 use std::time::Instant;
 
 pub use crossbeam_channel::{RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
@@ -45,31 +46,40 @@ fn wrap<T>(
     tx: crossbeam_channel::Sender<T>,
     rx: crossbeam_channel::Receiver<T>,
 ) -> (Sender<T>, Receiver<T>) {
-    let parker = Arc::new(Parker {
-        parked: AtomicBool::new(false),
-        lock: Mutex::new(()),
-        wake: Condvar::new(),
-    });
+    let parker = Arc::new(Parker { parked: AtomicBool::new(false), receiver: Mutex::new(None) });
     (Sender { tx: Some(tx), parker: Arc::clone(&parker) }, Receiver { rx, parker })
 }
 
-/// Where the receiver waits while its channel is empty.
+/// How the receiver sleeps while its channel is empty: it parks its thread
+/// (one futex wait), and the first sender to see it parked unparks it (one
+/// futex wake). No lock is taken on either side of a hand-off.
 struct Parker {
-    /// The receiver is parked, or about to park, on `wake`.
+    /// The receiver is parked, or about to park. A sender that swaps it
+    /// from true to false owns the wake-up; later senders skip it.
     parked: AtomicBool,
-    /// Held by the receiver from announcing until it waits, and by a
-    /// sender while it notifies, so a notify cannot fall between the two.
-    lock: Mutex<()>,
-    wake: Condvar,
+    /// The thread the receiver last waited on (it may move between
+    /// threads; it is set before `parked`, so a sender that sees `parked`
+    /// finds the right thread here).
+    receiver: Mutex<Option<Thread>>,
 }
 
 impl Parker {
     /// Called by a sender after its push (or its disconnect).
     fn unpark(&self) {
         fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::SeqCst) {
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.wake.notify_one();
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(thread) = self.receiver.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// Called by the receiver before it announces that it parks.
+    fn register(&self) {
+        let me = thread::current();
+        let mut receiver = self.receiver.lock().unwrap_or_else(|e| e.into_inner());
+        if receiver.as_ref().map(Thread::id) != Some(me.id()) {
+            *receiver = Some(me);
         }
     }
 }
@@ -193,44 +203,37 @@ impl<T> Receiver<T> {
                 Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) => {}
             }
-            let guard = self.parker.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.parker.register();
             self.parker.parked.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             // Looked at again after the announcement: a sender that pushed
             // before it could see the announcement is caught here.
-            let idle = match self.rx.try_recv() {
+            let ready = match self.rx.try_recv() {
                 Ok(item) => Some(Ok(item)),
                 Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
                 Err(TryRecvError::Empty) => None,
             };
-            if let Some(result) = idle {
+            if let Some(result) = ready {
                 self.parker.parked.store(false, Ordering::SeqCst);
                 return result;
             }
-            let timed_out = match deadline {
-                None => {
-                    drop(self.parker.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
-                    false
-                }
+            // A park may also end early (an unpark meant for an earlier
+            // wait, or a spurious wake-up): the loop looks again.
+            match deadline {
+                None => thread::park(),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        true
-                    } else {
-                        let (guard, _) = self
-                            .parker
-                            .wake
-                            .wait_timeout(guard, deadline - now)
-                            .unwrap_or_else(|e| e.into_inner());
-                        drop(guard);
-                        false
+                        self.parker.parked.store(false, Ordering::SeqCst);
+                        return self.rx.try_recv().map_err(|e| match e {
+                            TryRecvError::Empty => RecvTimeoutError::Timeout,
+                            TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                        });
                     }
+                    thread::park_timeout(deadline - now);
                 }
-            };
-            self.parker.parked.store(false, Ordering::SeqCst);
-            if timed_out {
-                return Err(RecvTimeoutError::Timeout);
             }
+            self.parker.parked.store(false, Ordering::SeqCst);
         }
     }
 }
