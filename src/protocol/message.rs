@@ -94,8 +94,9 @@ pub enum PeerMsg {
     },
     /// The answer to an Accept: the slots stored durably (`accepted`), or a
     /// refusal naming the promised epoch (`accepted` empty, `promised > epoch`).
-    /// A vote goes to every replica (the voter included), so each can tally
-    /// the votes as the leader does; a refusal goes to the leader only.
+    /// A vote goes to the leader; with NW = 2 the leader's own vote also goes
+    /// to every follower, and a follower's to itself, so a follower can tally
+    /// them as the leader does. A refusal goes to the leader only.
     Vote { epoch: Epoch, accepted: Vec<LogIndex>, promised: Epoch },
     /// The leader of `epoch` committed these slots, each with its entry id.
     Commit { epoch: Epoch, slots: Vec<(LogIndex, EntryId)> },
