@@ -71,7 +71,8 @@ impl Checker {
     }
 
     /// Persist ops a step emitted, checked before they reach the disk: nothing
-    /// may overwrite or drop a slot at or below a commit index with another entry.
+    /// may overwrite or drop a slot committed before the step with another
+    /// entry, and a slot the step commits must be left holding the chosen one.
     pub fn check_persists(
         &self,
         r: &Replica,
@@ -79,19 +80,32 @@ impl Checker {
         ops: &[&Persist],
     ) -> Result<(), String> {
         let id = r.id();
+        // The entry each slot is left holding by this step: a step may store
+        // an ACCEPT's entry and then, learning the slot is committed (a
+        // catch-up answer in the same batch), the chosen one over it. The
+        // ops reach the disk in order, so a crash keeps a prefix of them, and
+        // the commit index is persisted after the entries it covers.
+        let mut last_written: BTreeMap<LogIndex, EntryId> = BTreeMap::new();
+        let changed = |index: &LogIndex, written: EntryId| {
+            let (chosen, who, _) = self.chosen.get(index)?;
+            (*chosen != written).then(|| {
+                format!(
+                    "chosen slot changed: r{id} wrote entry {written} at slot {index}, \
+                     committed as {chosen} (first by r{who})"
+                )
+            })
+        };
         for op in ops {
             match op {
                 Persist::Accept(list) => {
                     for (index, entry) in list {
-                        if let Some((chosen, who, _)) = self.chosen.get(index) {
-                            if *chosen != entry.id && *index <= r.commit_index() {
-                                return Err(format!(
-                                    "chosen slot changed: r{id} wrote entry {} at slot {index}, \
-                                     committed as {chosen} (first by r{who})",
-                                    entry.id
-                                ));
+                        // Committed before this step: never written over.
+                        if *index <= commit_before {
+                            if let Some(violation) = changed(index, entry.id) {
+                                return Err(violation);
                             }
                         }
+                        last_written.insert(*index, entry.id);
                     }
                 }
                 Persist::Drop(list) => {
@@ -106,6 +120,12 @@ impl Checker {
                     }
                 }
                 _ => {}
+            }
+        }
+        // Committed by this step: what the slot is left holding is the chosen entry.
+        for (index, written) in last_written.range(..=r.commit_index()) {
+            if let Some(violation) = changed(index, *written) {
+                return Err(violation);
             }
         }
         Ok(())
