@@ -69,6 +69,11 @@ impl Storage for DiskClient {
         Ok(())
     }
 
+    fn persist_owned(&mut self, op: Persist) -> storage::Result<()> {
+        self.pending.push(op);
+        Ok(())
+    }
+
     /// Blocks until everything written so far is durable (start-up and shutdown only).
     fn sync(&mut self) -> storage::Result<()> {
         let ops = std::mem::take(&mut self.pending);

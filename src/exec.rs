@@ -19,8 +19,9 @@
 //! batches can be in flight and the disk thread groups them into one fsync.
 
 use crate::client::Reply;
+use crate::protocol::durable::Persist;
 use crate::protocol::message::{Envelope, PeerMsg};
-use crate::protocol::types::{ReplicaId, ReqId};
+use crate::protocol::types::{LogIndex, ReplicaId, ReqId};
 use crate::protocol::Output;
 use crate::storage::{self, Storage};
 use std::collections::VecDeque;
@@ -103,10 +104,12 @@ impl Executor {
     ) -> storage::Result<Executed> {
         let mut done = Executed::default();
         let mut needs_sync = false;
-        for output in outputs.iter() {
+        for output in outputs.iter_mut() {
             if let Output::Persist(op) = output {
-                storage.persist(op)?;
                 needs_sync |= op.needs_sync();
+                // The op is storage's now; a cheap stand-in keeps the slot
+                // (every Persist output is skipped below).
+                storage.persist_owned(std::mem::replace(op, Persist::Commit(LogIndex(0))))?;
                 done.persisted += 1;
             }
         }

@@ -121,6 +121,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         fsync: cfg.fsync,
         unsynced_entries: VecDeque::new(),
         started,
+        log_prefix: None,
     };
     watch_signals(events_tx_for_signals)?;
     let tick = Duration::from_millis((cfg.heartbeat_ms / 4).clamp(1, 5));
@@ -313,6 +314,8 @@ struct EventLoop {
     unsynced_entries: VecDeque<(u64, u64)>,
     /// When the process started, for the uptime metric.
     started: Instant,
+    /// The (epoch, role) the log prefix was last set for.
+    log_prefix: Option<(crate::protocol::types::Epoch, &'static str)>,
 }
 
 /// How long a shutting-down replica waits for requests already in flight.
@@ -519,12 +522,12 @@ impl EventLoop {
         }
         // Everything this turn produced leaves now, one write per socket.
         self.net.flush();
-        crate::log::set_prefix(format!(
-            "r{} e{} {}",
-            self.replica.id(),
-            self.replica.epoch(),
-            self.replica.role_name()
-        ));
+        // The log prefix changes with the epoch and role only.
+        let prefix = (self.replica.epoch(), self.replica.role_name());
+        if self.log_prefix != Some(prefix) {
+            self.log_prefix = Some(prefix);
+            crate::log::set_prefix(format!("r{} e{} {}", self.replica.id(), prefix.0, prefix.1));
+        }
         if let Some(id) = self.replica.cluster_id().filter(|_| self.replica.is_formed()) {
             self.cluster_id.store(id, Ordering::Relaxed);
         }

@@ -108,6 +108,17 @@ pub fn encode_into(env: &Envelope, frame: &mut Vec<u8>) {
 /// first byte of a frame is [`WireError::Eof`]; an end inside a frame is
 /// [`WireError::Io`] with `UnexpectedEof`.
 pub fn read_frame<R: Read>(r: &mut R) -> Result<Envelope, WireError> {
+    read_frame_into(r, &mut Vec::new())
+}
+
+/// [`read_frame`] with a caller's buffer for the payload, so a link that
+/// reads many frames allocates it once (a buffer grown past
+/// [`PAYLOAD_BUF_KEPT_MAX`] by a large frame is given back).
+pub fn read_frame_into<R: Read>(r: &mut R, payload: &mut Vec<u8>) -> Result<Envelope, WireError> {
+    payload.clear();
+    if payload.capacity() > PAYLOAD_BUF_KEPT_MAX {
+        *payload = Vec::new();
+    }
     let size = read_length(r)?;
     if size > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge { size, limit: FRAME_BYTES_MAX });
@@ -134,16 +145,18 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Envelope, WireError> {
     // `take` + `read_to_end` grows the buffer only as bytes arrive, so a
     // length prefix that lies costs nothing up front.
     let payload_bytes = size - 1;
-    let mut payload = Vec::new();
-    r.take(payload_bytes as u64).read_to_end(&mut payload)?;
+    r.take(payload_bytes as u64).read_to_end(payload)?;
     if payload.len() < payload_bytes {
         return Err(WireError::Io(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("frame cut short: {} of {payload_bytes} payload bytes", payload.len()),
         )));
     }
-    postcard::from_bytes(&payload).map_err(|e| WireError::BadPayload(e.to_string()))
+    postcard::from_bytes(payload).map_err(|e| WireError::BadPayload(e.to_string()))
 }
+
+/// A payload buffer kept between frames stays below this size.
+const PAYLOAD_BUF_KEPT_MAX: usize = 1 << 20;
 
 /// Reads the 4-byte length prefix, telling a clean end of stream (no byte at
 /// all) apart from one inside the prefix.

@@ -261,9 +261,16 @@ impl Replica {
                 .collect();
             out.push(Output::Persist(Persist::Accept(entries.clone())));
             let others = self.others();
-            for (chunk, forwards) in entries.chunks(BATCH_ENTRIES_MAX).zip(tags) {
-                let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit, forwards };
+            if entries.len() <= BATCH_ENTRIES_MAX {
+                // One ACCEPT (the usual case) takes the batch without a copy.
+                let forwards = tags.into_iter().next().unwrap_or_default();
+                let msg = PeerMsg::Accept { epoch, entries, commit, forwards };
                 self.send(others.clone(), msg, out);
+            } else {
+                for (chunk, forwards) in entries.chunks(BATCH_ENTRIES_MAX).zip(tags) {
+                    let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit, forwards };
+                    self.send(others.clone(), msg, out);
+                }
             }
             // With NW = 2 our vote goes to the followers too: with their own
             // it is a write quorum, so each knows the slot is chosen without

@@ -18,6 +18,11 @@ use std::sync::Arc;
 pub trait Storage {
     /// Writes one op (buffered; not yet durable).
     fn persist(&mut self, op: &Persist) -> Result<()>;
+    /// [`Storage::persist`] for an op the caller no longer needs: a storage
+    /// that keeps ops (the disk thread's queue) takes it without a copy.
+    fn persist_owned(&mut self, op: Persist) -> Result<()> {
+        self.persist(&op)
+    }
     /// Makes every op written so far durable (a no-op under `--fsync never`).
     fn sync(&mut self) -> Result<()>;
     /// Starts making every op written so far durable. Returns true when it is

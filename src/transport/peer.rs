@@ -176,8 +176,9 @@ fn forward_frames(
     shared: &Shared,
 ) -> Option<WireError> {
     let mut misaddressed = 0u64;
+    let mut payload = Vec::new();
     loop {
-        match wire::read_frame(input) {
+        match wire::read_frame_into(input, &mut payload) {
             Ok(env) if env.from != from => {
                 misaddressed += 1;
                 if misaddressed == 1 {
