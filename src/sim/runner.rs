@@ -2,6 +2,10 @@
 //! cluster (3 or 5 replicas, alternating; quorums), the fault rates and a
 //! schedule of faults: partitions (one-way too), crashes (clean, torn, during
 //! fsync, mid-send) and restarts, pauses, slow clocks. Clients run throughout.
+//! In some seeds with N >= 5 a fault schedule that reacts to the protocol,
+//! the stale-promise episode ([`super::stale`]), builds the history in which
+//! a wiped replica's old promise would elect a leader, with random faults
+//! held back while it runs.
 //! The invariant checkers run after every step. At the end everything heals
 //! and the run must settle: a serving leader, every request answered, every
 //! replica caught up. Then a final read of every key, and the client history
