@@ -4,6 +4,14 @@
 //! - a chosen slot never changes its entry id: the first entry id committed at
 //!   each index, by any replica, in any life, is the only one ever committed
 //!   there, held at or below a commit index, or written over a committed slot;
+//! - a chosen slot is proposed in no later ballot with another entry: once
+//!   a slot is seen committed, no replica stores another entry there with a
+//!   ballot at or above the highest epoch that had a leader by then (the
+//!   slot was chosen in some ballot at or below it, and Paxos makes every
+//!   later proposal carry the chosen entry). This catches a leader whose
+//!   recovery missed a chosen entry the moment it proposes over it, before
+//!   any replica could commit its entry (followers that committed the
+//!   chosen one refuse it, so nothing else would show);
 //! - so every replica applies a prefix of the same sequence of entry ids;
 //! - a replica's commit index never goes down while it is up, and it applies
 //!   everything it commits in the same step;
@@ -33,6 +41,9 @@ pub struct Checker {
     /// The first committed entry id of every slot, who committed it first,
     /// and its command.
     chosen: BTreeMap<LogIndex, (EntryId, ReplicaId, Command)>,
+    /// Per chosen slot: the highest epoch that had a leader when it was first
+    /// seen committed, a bound on the ballot it was chosen in.
+    chosen_by: BTreeMap<LogIndex, Epoch>,
     /// The store the chosen commands give up to `reference_at`.
     reference: Store,
     reference_at: LogIndex,
@@ -103,6 +114,15 @@ impl Checker {
                         if *index <= commit_before {
                             if let Some(violation) = changed(index, entry.id) {
                                 return Err(violation);
+                            }
+                            let bound = self.chosen_by.get(index).copied().unwrap_or(Epoch(0));
+                            if *chosen != entry.id && entry.ballot >= bound {
+                                return Err(format!(
+                                    "chosen slot proposed over: r{id} stored entry {} at slot \
+                                     {index} in ballot {}, but the slot was chosen as {chosen} \
+                                     (first committed by r{who}) in a ballot at or below {bound}",
+                                    entry.id, entry.ballot
+                                ));
                             }
                         }
                         last_written.insert(*index, entry.id);
@@ -265,6 +285,10 @@ impl Checker {
             let Some(entry) = r.log().get(&index) else {
                 return Err(format!("r{id} committed slot {index} but holds no entry there"));
             };
+            if !self.chosen.contains_key(&index) {
+                let bound = self.leaders.keys().next_back().copied().unwrap_or(Epoch(0));
+                self.chosen_by.insert(index, bound);
+            }
             let (chosen, who, _) =
                 self.chosen.entry(index).or_insert_with(|| (entry.id, id, entry.command.clone()));
             let (chosen, who) = (*chosen, *who);

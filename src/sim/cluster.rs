@@ -693,6 +693,7 @@ impl SimCluster {
         node.held.clear();
         node.links.clear();
         node.armed = None;
+        self.net.forget_stalled_from(id);
         self.checker.on_crash(id);
         self.note(|| {
             format!("r{id} crash (kept {} of {unsynced} unsynced ops)", keep_unsynced.min(unsynced))
@@ -809,9 +810,30 @@ impl SimCluster {
         self.note(|| format!("cut {from}->{to}"));
     }
 
-    /// Restores every link; each side of a link that was cut sees it come up.
+    /// Stalls one direction of one link: what is sent waits for `release`.
+    pub fn stall(&mut self, from: ReplicaId, to: ReplicaId) {
+        self.net.stall_link(from, to);
+        self.note(|| format!("stall {from}->{to}"));
+    }
+
+    /// Ends the stall of `from -> to`: what it held arrives, in send order.
+    pub fn release(&mut self, from: ReplicaId, to: ReplicaId) {
+        self.net.release(self.now, from, to);
+        self.note(|| format!("release {from}->{to}"));
+    }
+
+    /// True when paused `id` holds an input from `from` named `name` (a
+    /// message that reached it while it was stopped).
+    pub fn holds_input(&self, id: ReplicaId, from: ReplicaId, name: &str) -> bool {
+        self.nodes[self.idx(id)].held.iter().any(
+            |input| matches!(input, Input::Peer(env) if env.from == from && env.msg.name() == name),
+        )
+    }
+
+    /// Restores every link; each side of a link that was cut sees it come up,
+    /// and stalled links deliver what they held.
     pub fn heal(&mut self) {
-        let healed = self.net.heal();
+        let healed = self.net.heal(self.now);
         self.note(|| "heal".into());
         for (a, b) in healed {
             self.link_up(a, b);

@@ -8,6 +8,8 @@
 //! - [`linear`]: a linearizability checker for client histories;
 //! - [`runner`]: random faults and clients per seed, and the seed sweep
 //!   (`SIM_SEED=n` replays one seed with its trace, `SIM_SEEDS=n` runs n);
+//! - [`stale`]: a fault schedule that reacts to the protocol (the
+//!   stale-promise episode), which the runner plays in some seeds;
 //! - [`golden`]: golden scripts with manual delivery (`UPDATE_GOLDEN=1`
 //!   rewrites the expected output);
 //! - `properties`: protocol properties as scripted scenarios.
@@ -26,4 +28,5 @@ pub mod net;
 #[cfg(test)]
 mod properties;
 pub mod runner;
+pub mod stale;
 mod sweep;

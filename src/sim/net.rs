@@ -1,7 +1,10 @@
 //! A simulated network (DESIGN §7): every message gets a delivery time drawn
 //! from a seeded RNG, so messages are delayed and reordered; some are dropped
 //! or duplicated; partitions and one-way link cuts drop whatever crosses them,
-//! both when it is sent and when it would arrive.
+//! both when it is sent and when it would arrive. A stalled link (a TCP
+//! connection whose peer stopped reading) holds what is sent on it, in order,
+//! until it is released; the runner uses it to delay chosen messages past
+//! others (see `runner`'s stale-promise episode).
 //!
 //! In manual mode (golden scripts, property tests) nothing is random: every
 //! message waits in send order until the script delivers it.
@@ -58,6 +61,10 @@ pub struct SimNetwork {
     pub faults: NetFaults,
     /// Directed links that drop everything: (from, to).
     cut: BTreeSet<(ReplicaId, ReplicaId)>,
+    /// Directed links that hold everything sent on them until released.
+    stalled: BTreeSet<(ReplicaId, ReplicaId)>,
+    /// What stalled links hold, in send order.
+    stalled_msgs: Vec<Msg>,
     /// Manual mode: no delays, no random faults; the script delivers.
     pub manual: bool,
     /// Each replica's current life (restart count).
@@ -74,6 +81,8 @@ impl SimNetwork {
             rng: StdRng::seed_from_u64(seed),
             faults: NetFaults::default(),
             cut: BTreeSet::new(),
+            stalled: BTreeSet::new(),
+            stalled_msgs: Vec::new(),
             manual,
             lives: (1..=n as u8).map(|i| (ReplicaId(i), 0)).collect(),
             stats: NetStats::default(),
@@ -88,6 +97,11 @@ impl SimNetwork {
     /// True when `from -> to` drops everything.
     pub fn is_cut(&self, from: ReplicaId, to: ReplicaId) -> bool {
         self.cut.contains(&(from, to))
+    }
+
+    /// True when no link is cut or stalled.
+    pub fn is_whole(&self) -> bool {
+        self.cut.is_empty() && self.stalled.is_empty()
     }
 
     /// Cuts one direction of a link.
@@ -112,8 +126,42 @@ impl SimNetwork {
     }
 
     /// Restores every link; returns the directed links that were cut.
-    pub fn heal(&mut self) -> Vec<(ReplicaId, ReplicaId)> {
+    /// Stalled links deliver what they held from `now` on.
+    pub fn heal(&mut self, now: Millis) -> Vec<(ReplicaId, ReplicaId)> {
+        let stalled: Vec<(ReplicaId, ReplicaId)> = self.stalled.iter().copied().collect();
+        for (from, to) in stalled {
+            self.release(now, from, to);
+        }
         std::mem::take(&mut self.cut).into_iter().collect()
+    }
+
+    /// Stalls one direction of a link: what is sent on it waits for `release`.
+    pub fn stall_link(&mut self, from: ReplicaId, to: ReplicaId) {
+        self.stalled.insert((from, to));
+    }
+
+    /// Ends the stall of `from -> to`: what it held is due at `now`, in send order.
+    pub fn release(&mut self, now: Millis, from: ReplicaId, to: ReplicaId) {
+        self.stalled.remove(&(from, to));
+        let (held, kept): (Vec<Msg>, Vec<Msg>) = std::mem::take(&mut self.stalled_msgs)
+            .into_iter()
+            .partition(|m| m.from == from && m.to == to);
+        self.stalled_msgs = kept;
+        for msg in held {
+            self.enqueue(now, msg);
+        }
+    }
+
+    /// `from` crashed: what its stalled links held dies with its connections,
+    /// and its links no longer stall.
+    pub fn forget_stalled_from(&mut self, from: ReplicaId) {
+        self.stalled.retain(|(f, _)| *f != from);
+        self.stalled_msgs.retain(|m| m.from != from);
+    }
+
+    /// True when the stalled link `from -> to` holds a message named `name`.
+    pub fn stall_holds(&self, from: ReplicaId, to: ReplicaId, name: &str) -> bool {
+        self.stalled_msgs.iter().any(|m| m.from == from && m.to == to && m.env.msg.name() == name)
     }
 
     /// Puts one envelope on the wire to `to`. Returns false when it was lost at
@@ -127,6 +175,10 @@ impl SimNetwork {
         }
         let to_life = self.lives.get(&to).copied().unwrap_or(0);
         let msg = Msg { from, to, to_life, env: env.clone() };
+        if self.stalled.contains(&(from, to)) {
+            self.stalled_msgs.push(msg);
+            return true;
+        }
         if self.manual {
             self.enqueue(now, msg);
             return true;
@@ -202,5 +254,58 @@ impl SimNetwork {
     /// True when `msg` may still reach its receiver's current life.
     pub fn is_current(&self, msg: &Msg) -> bool {
         self.lives.get(&msg.to).copied().unwrap_or(0) == msg.to_life
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::PeerMsg;
+    use crate::protocol::types::{Epoch, Formation, Incarnation};
+
+    fn env(from: u8, epoch: u64) -> Envelope {
+        Envelope {
+            from: ReplicaId(from),
+            incarnation: Incarnation { counter: 1, nonce: from as u64 },
+            epoch: Epoch(epoch),
+            formation: Formation::Blank,
+            learner: false,
+            msg: PeerMsg::Hello,
+        }
+    }
+
+    fn due(net: &mut SimNetwork, now: Millis) -> Vec<(u8, u64)> {
+        std::iter::from_fn(|| net.pop_due(now)).map(|m| (m.from.0, m.env.epoch.0)).collect()
+    }
+
+    #[test]
+    fn a_stalled_link_holds_its_messages_until_released_then_delivers_them_in_order() {
+        let mut net = SimNetwork::new(3, 1, false);
+        let (r1, r2, r3) = (ReplicaId(1), ReplicaId(2), ReplicaId(3));
+        net.stall_link(r1, r2);
+        for epoch in 1..=3 {
+            assert!(net.send(Millis(0), r2, &env(1, epoch)));
+        }
+        net.send(Millis(0), r3, &env(1, 9));
+        assert!(net.stall_holds(r1, r2, "hello"));
+        assert!(!net.is_whole());
+        assert_eq!(due(&mut net, Millis(100)), vec![(1, 9)], "only the other link delivers");
+        net.release(Millis(100), r1, r2);
+        assert_eq!(due(&mut net, Millis(100)), vec![(1, 1), (1, 2), (1, 3)]);
+        assert!(net.is_whole());
+    }
+
+    #[test]
+    fn a_heal_releases_stalled_links_and_a_crash_loses_what_the_sender_stalled() {
+        let mut net = SimNetwork::new(3, 1, false);
+        let (r1, r2, r3) = (ReplicaId(1), ReplicaId(2), ReplicaId(3));
+        net.stall_link(r1, r2);
+        net.stall_link(r3, r2);
+        net.send(Millis(0), r2, &env(1, 1));
+        net.send(Millis(0), r2, &env(3, 3));
+        net.forget_stalled_from(r3);
+        net.heal(Millis(5));
+        assert_eq!(due(&mut net, Millis(5)), vec![(1, 1)]);
+        assert!(net.is_whole());
     }
 }

@@ -2,6 +2,10 @@
 //! cluster (3 or 5 replicas, alternating; quorums), the fault rates and a
 //! schedule of faults: partitions (one-way too), crashes (clean, torn, during
 //! fsync, mid-send) and restarts, pauses, slow clocks. Clients run throughout.
+//! In some seeds with N >= 5 a fault schedule that reacts to the protocol,
+//! the stale-promise episode ([`super::stale`]), builds the history in which
+//! a wiped replica's old promise would elect a leader, with random faults
+//! held back while it runs.
 //! The invariant checkers run after every step. At the end everything heals
 //! and the run must settle: a serving leader, every request answered, every
 //! replica caught up. Then a final read of every key, and the client history
@@ -13,6 +17,7 @@
 use super::clients::{key_name, Call, Clients};
 use super::cluster::{mix, CrashPoint, SimCluster, SimConfig};
 use super::net::NetFaults;
+use super::stale::{Next, StalePromise};
 use crate::protocol::quorum;
 use crate::protocol::types::{Command, LogIndex, Millis, ReplicaId};
 use rand::rngs::StdRng;
@@ -33,6 +38,15 @@ const FINAL_READ_TRIES: usize = 5;
 /// while it forms (DESIGN §6), and the time by which formation is usually done.
 const FORMATION_WIPE_P: f64 = 0.3;
 const FORMATION_MS: u64 = 20;
+/// Share of the seeds whose cluster can play the stale-promise episode
+/// (`stale`: N >= 5, NW small enough) that play it, and the earliest time
+/// it is due. From then on random faults wait until every one of them has
+/// healed and the episode starts, for at most `STALE_PROMISE_WAIT_MS`, and
+/// it starts only with `STALE_PROMISE_ROOM_MS` of active time left.
+const STALE_PROMISE_P: f64 = 0.2;
+const STALE_PROMISE_FROM_MS: u64 = 300;
+const STALE_PROMISE_WAIT_MS: u64 = 1500;
+const STALE_PROMISE_ROOM_MS: u64 = 6 * super::stale::PHASE_MS_MAX;
 
 const HEARTBEAT_MS: u64 = 10;
 const ELECTION_TIMEOUT_MS: u64 = 50;
@@ -173,6 +187,8 @@ pub struct RunStats {
     pub acknowledged: usize,
     pub sim_ms: u64,
     pub elections: usize,
+    /// The stale-promise episode got to its end (`stale`, step 6).
+    pub stale_promise_played: bool,
 }
 
 /// One seed's run: the cluster, the clients, the fault schedule.
@@ -189,6 +205,12 @@ pub struct SeedRun {
     /// Disks wiped so far.
     wipes: usize,
     next_fault_at: Millis,
+    /// When the stale-promise episode is due (None: not in this seed, or over).
+    stale_at: Option<Millis>,
+    /// The stale-promise episode while it runs.
+    stale: Option<StalePromise>,
+    /// The episode got to its end.
+    stale_played: bool,
 }
 
 impl SeedRun {
@@ -213,9 +235,27 @@ impl SeedRun {
             wiped: Default::default(),
             wipes: 0,
             next_fault_at,
+            stale_at: None,
+            stale: None,
+            stale_played: false,
         };
         run.plan_formation_wipe();
+        run.plan_stale_promise();
         run
+    }
+
+    /// In some seeds with N >= 5, the stale-promise episode (`stale`) at a
+    /// time drawn from a stream of its own, with room to finish before the
+    /// faults end.
+    fn plan_stale_promise(&mut self) {
+        let latest = self.plan.active_ms.saturating_sub(STALE_PROMISE_ROOM_MS);
+        if StalePromise::cast(&self.plan.cfg).is_none() || latest <= STALE_PROMISE_FROM_MS {
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(mix(self.seed ^ 0x7374_616c));
+        if rng.random_bool(STALE_PROMISE_P) {
+            self.stale_at = Some(Millis(rng.random_range(STALE_PROMISE_FROM_MS..=latest)));
+        }
     }
 
     /// In some seeds that form their cluster, one replica crashes while it
@@ -312,11 +352,55 @@ impl SeedRun {
             let action = self.schedule.remove(&key).expect("just seen");
             self.act(action);
         }
+        if self.stale_promise() {
+            return;
+        }
         if now >= self.next_fault_at {
             let (lo, hi) = self.plan.fault_gap_ms;
             self.next_fault_at = now.plus(self.rng.random_range(lo..=hi));
             self.draw_fault(now);
         }
+    }
+
+    /// Runs the stale-promise episode once it is due; true while random
+    /// faults must wait (from its due time until it is over). It starts
+    /// once every random fault healed, the cluster serves and the wipe it
+    /// needs is allowed; it is dropped when that takes too long.
+    fn stale_promise(&mut self) -> bool {
+        let now = self.cluster.now;
+        if let Some(episode) = &mut self.stale {
+            match episode.step(&mut self.cluster) {
+                Next::Continue => {}
+                Next::RestartWiped(id) => self.act(Action::Restart(id, true)),
+                Next::Done { played } => {
+                    self.stale = None;
+                    self.stale_played = played;
+                }
+            }
+            return true;
+        }
+        let Some(at) = self.stale_at else { return false };
+        if now < at {
+            return false;
+        }
+        if now.0 + STALE_PROMISE_ROOM_MS > self.plan.active_ms
+            || now.since(at) > STALE_PROMISE_WAIT_MS
+        {
+            self.stale_at = None;
+            return false;
+        }
+        let c = &self.cluster;
+        let quiet = self.schedule.is_empty()
+            && c.net.is_whole()
+            && c.ids().iter().all(|id| c.is_up(*id) && !c.is_paused(*id));
+        let wipe_ok = self.wipes < wipes_per_run() && self.lost_disks() < self.wipes_max();
+        if quiet && wipe_ok {
+            self.stale = StalePromise::start(&mut self.cluster, &mut self.rng);
+            if self.stale.is_some() {
+                self.stale_at = None;
+            }
+        }
+        true
     }
 
     fn act(&mut self, action: Action) {
@@ -477,6 +561,7 @@ impl SeedRun {
     fn heal_all(&mut self) {
         self.cluster.note(|| "end of faults: heal everything".into());
         self.schedule.clear();
+        self.stale = None;
         self.cluster.net.faults =
             NetFaults { delay_ms_min: 0, delay_ms_max: 2, ..NetFaults::default() };
         self.cluster.heal();
@@ -619,6 +704,7 @@ impl SeedRun {
                 .count(),
             sim_ms: c.now.0,
             elections: c.checker.leaders().len(),
+            stale_promise_played: self.stale_played,
         })
     }
 }
