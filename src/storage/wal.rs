@@ -148,9 +148,11 @@
 //!   frame: `Corrupt`, never a clean end. (Losing every page from some record
 //!   on is losing a tail, which `Never` already accepts.)
 //!
-//! Preallocation costs at most [`WAL_PREALLOC_BYTES`] of disk per data
-//! directory and one larger write every `WAL_PREALLOC_BYTES` of records. A
-//! failed preallocation (a full disk) poisons the storage like a failed write.
+//! Preallocation costs at most [`WAL_PREALLOC_BYTES`] of disk per segment
+//! file (two of them live for a moment during a checkpoint), one larger
+//! fsync every `WAL_PREALLOC_BYTES` of records, and at start-up a read of the
+//! zeros after the last record. A failed preallocation (a full disk) poisons
+//! the storage like a failed write.
 //!
 //! # Writes and fsync
 //! The first sync after the file (or the directory) was created also fsyncs
