@@ -115,6 +115,10 @@ impl Checker {
                             if let Some(violation) = changed(index, entry.id) {
                                 return Err(violation);
                             }
+                        }
+                        // Chosen anywhere: never proposed over in a ballot
+                        // at or above the epochs known when it was chosen.
+                        if let Some((chosen, who, _)) = self.chosen.get(index) {
                             let bound = self.chosen_by.get(index).copied().unwrap_or(Epoch(0));
                             if *chosen != entry.id && entry.ballot >= bound {
                                 return Err(format!(
