@@ -32,11 +32,11 @@
 //! `<= e` stores it durably, raises its promise, and votes. A slot with NW votes
 //! in one ballot is chosen; the leader commits chosen slots strictly in index
 //! order, applies them, replies `OK <version>`, and names each committed
-//! `(index, entry id)` in COMMIT. With NW = 2 the leader's vote also goes to
-//! every follower, which tallies it with its own exactly as the leader does
+//! `(index, entry id)` in COMMIT. With NW = 2 the leader's vote goes to
+//! every follower instead, which tallies it with its own exactly as the leader does
 //! (votes in the epoch of the leader it follows, from full members at the
 //! incarnation it records; learners never count) and learns a slot is chosen
-//! without waiting for COMMIT. A follower applies a slot only when it knows it
+//! without a COMMIT, which the leader then does not send. A follower applies a slot only when it knows it
 //! holds the chosen entry there (NW votes for the epoch of the entry it holds, COMMIT named its
 //! id, or its ballot is the epoch of the leader whose commit index covers it);
 //! otherwise it fetches the entry from the leader (catch-up). Followers forward

@@ -326,8 +326,16 @@ impl Replica {
     /// Leader: one COMMIT naming every slot committed since the last flush.
     /// Everyone: record the commit index (no fsync needed; recovery rebuilds it).
     pub(super) fn flush_commits(&mut self, out: &mut Vec<Output>) {
+        // With NW = 2 a follower already knows what is chosen: the leader's
+        // vote and its own make a write quorum, and the commit index in every
+        // ACCEPT and heartbeat covers the slots holding the leader's ballot (a
+        // slot holding another entry is fetched). A COMMIT would only repeat
+        // that, at the cost of a message per follower per batch.
+        let hear_votes = self.followers_hear_votes();
         if let Role::Leader(l) = &mut self.role {
-            if !l.commit_notice.is_empty() {
+            if hear_votes {
+                l.commit_notice.clear();
+            } else if !l.commit_notice.is_empty() {
                 let slots = std::mem::take(&mut l.commit_notice);
                 let epoch = l.epoch;
                 let others = self.others();
