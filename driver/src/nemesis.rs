@@ -32,7 +32,8 @@
 //!
 //! The SVG (`history.svg`) is always written to the output directory
 //! (`target/nemesis/<seed>/` by default); on failure also `history.jsonl`,
-//! `faults.jsonl` and `explanation.txt`.
+//! `faults.jsonl` and `explanation.txt`, with each replica's log
+//! (`replica-<id>.log`).
 
 use crate::check::{self, Op, Outcome, Ret};
 use crate::client::Client;
@@ -358,6 +359,15 @@ pub fn run(opts: &NemesisOpts) -> Result<Summary, String> {
     };
     write_outputs(opts, &records, &summary, end_us)
         .map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
+    if !summary.passed() {
+        // The replicas' own logs (state changes, elections, catch-ups) go
+        // with the history: the cluster's temporary directory goes at drop.
+        for id in 1..=c.size() {
+            let to = opts.out.join(format!("replica-{id}.log"));
+            fs::copy(c.log_path(id), &to)
+                .map_err(|e| format!("copying replica {id}'s log to {}: {e}", to.display()))?;
+        }
+    }
     Ok(summary)
 }
 
