@@ -107,6 +107,13 @@ pub(super) struct Leadership {
     pub dedup: BTreeMap<DedupKey, Dedup>,
     /// Answered forwards in the order they were answered, for expiry.
     pub dedup_expiry: VecDeque<(Millis, DedupKey)>,
+    /// Per (follower, follower boot): the highest forward id seen this epoch.
+    /// A follower numbers its forwards in increasing order, so a write
+    /// forward at or below it that `dedup` no longer holds is a copy that
+    /// outlived its entry there (a re-send, or bytes a partition held back
+    /// for longer than the expiry horizon): it is dropped, never proposed
+    /// again.
+    pub forwards_seen: BTreeMap<(ReplicaId, u64), u64>,
     /// Next sweep of waiting writes for expired deadlines.
     pub next_sweep: Millis,
     /// Last answer at our epoch from each peer (liveness, DESIGN §2).
@@ -141,6 +148,7 @@ impl Leadership {
             queued: VecDeque::new(),
             dedup: BTreeMap::new(),
             dedup_expiry: VecDeque::new(),
+            forwards_seen: BTreeMap::new(),
             next_sweep: now,
             last_ack: BTreeMap::new(),
             acked_seq: BTreeMap::new(),

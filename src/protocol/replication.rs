@@ -188,6 +188,15 @@ impl Replica {
                 self.send(vec![from], msg, out);
             }
             None => {
+                let seen = l.forwards_seen.entry((from, boot)).or_insert(0);
+                if req.0 <= *seen {
+                    // Seen before and expired from `dedup` (or overtaken by
+                    // a later forward): applying it now could apply it twice.
+                    // The follower's client gets ERR TIMEOUT (outcome unknown).
+                    self.stats.dropped_messages += 1;
+                    return;
+                }
+                *seen = req.0;
                 l.dedup.insert(key, Dedup::Pending);
                 self.leader_write(now, waiter, request, out);
             }

@@ -308,6 +308,33 @@ fn a_read_that_meets_a_pending_entry_retries_and_returns_the_new_value() {
 }
 
 #[test]
+fn a_forwarded_write_delivered_again_after_its_dedup_entry_expired_is_not_applied_twice() {
+    let mut s = Scenario::new(3);
+    s.run(200);
+    assert_eq!(s.leader(), 3);
+    // r1 forwards a write; a copy of the FORWARD stays behind (bytes a
+    // partition holds back, delivered when it heals).
+    let first = s.put(1, "k", "old");
+    let forward = s.c.take_link(r(1), r(3));
+    assert!(forward.iter().any(|m| m.env.msg.name() == "forward"), "{forward:?}");
+    s.c.deliver_msgs(forward.clone());
+    s.run(20);
+    assert!(matches!(s.reply(first), Some(Reply::Written(_))), "{:?}", s.reply(first));
+    // Longer than the leader keeps answered forwards, same leader and epoch.
+    s.run(2 * s.c.cfg.request_timeout_ms + 500);
+    assert_eq!(s.leader(), 3);
+    let newer = s.put(3, "k", "new");
+    s.run(20);
+    let newer_at = written(s.reply(newer));
+    s.c.deliver_msgs(forward);
+    s.run(50);
+    let get = s.get(2, "k");
+    s.run(50);
+    assert_eq!(s.reply(get), Some(Reply::Value(b"new".to_vec())), "the old write came back");
+    assert_eq!(s.commit(3), newer_at, "nothing was proposed after the newer write");
+}
+
+#[test]
 fn a_follower_answers_its_forwarded_write_on_votes_and_the_leader_reads_past_it() {
     let mut s = Scenario::new(3);
     s.run(200);

@@ -1,6 +1,7 @@
 //! One seed, one run (DESIGN §7; STYLE "Testing pyramid" 3): the seed picks the
 //! cluster (3 or 5 replicas, alternating; quorums), the fault rates and a
-//! schedule of faults: partitions (one-way too), crashes (clean, torn, during
+//! schedule of faults: partitions (one-way too; some hold messages and deliver
+//! them late, past the leader's memory of answered forwards), crashes (clean, torn, during
 //! fsync, mid-send) and restarts, pauses, slow clocks. Clients run throughout.
 //! In some seeds with N >= 5 a fault schedule that reacts to the protocol,
 //! the stale-promise episode ([`super::stale`]), builds the history in which
@@ -80,6 +81,8 @@ pub fn wipes_per_run() -> usize {
 enum Action {
     Partition(Vec<Vec<ReplicaId>>),
     Cut(ReplicaId, ReplicaId),
+    /// Hold one direction's messages in order until the next heal.
+    Stall(ReplicaId, ReplicaId),
     Heal,
     Crash(ReplicaId, CrashKind),
     /// Restart, after wiping the disk when asked and a minority's disks stay intact.
@@ -408,6 +411,7 @@ impl SeedRun {
         match action {
             Action::Partition(groups) => c.partition(&groups),
             Action::Cut(a, b) => c.cut(a, b),
+            Action::Stall(a, b) => c.stall(a, b),
             Action::Heal => c.heal(),
             Action::Crash(id, CrashKind::Clean) => c.crash(id, 0),
             Action::Crash(id, CrashKind::Torn) => {
@@ -437,6 +441,17 @@ impl SeedRun {
                 c.set_tick_ms(id, ms);
                 c.note(|| format!("r{id} ticks every {ms}ms"));
             }
+        }
+    }
+
+    /// How long a stall holds: mostly as long as a cut, sometimes longer
+    /// than a leader remembers answered forwards (twice the request timeout).
+    fn stall_ms(&mut self) -> u64 {
+        let held_long = 2 * self.plan.cfg.request_timeout_ms;
+        if self.rng.random_bool(0.2) {
+            self.rng.random_range(held_long + 100..=held_long + 800)
+        } else {
+            self.rng.random_range(30..=600)
         }
     }
 
@@ -473,17 +488,36 @@ impl SeedRun {
                     a = vec![id];
                     b = (1..=n as u8).map(ReplicaId).filter(|x| *x != id).collect();
                 }
-                self.act(Action::Partition(vec![a, b]));
-                let at = now.plus(self.rng.random_range(30..=600));
-                self.schedule(at, Action::Heal);
+                let ms = if self.rng.random_bool(0.5) {
+                    self.act(Action::Partition(vec![a, b]));
+                    self.rng.random_range(30..=600)
+                } else {
+                    // Both ways held, not dropped: everything sent across
+                    // arrives at the heal, re-sends included.
+                    for x in &a {
+                        for y in &b {
+                            self.act(Action::Stall(*x, *y));
+                            self.act(Action::Stall(*y, *x));
+                        }
+                    }
+                    self.stall_ms()
+                };
+                self.schedule(now.plus(ms), Action::Heal);
             }
             1 => {
                 let a = self.random_id();
                 let b = self.random_id();
                 if a != b {
-                    self.act(Action::Cut(a, b));
-                    let at = now.plus(self.rng.random_range(30..=600));
-                    self.schedule(at, Action::Heal);
+                    // Half the one-way faults hold what is sent in order and
+                    // deliver it at the heal, as TCP does after a partition.
+                    let ms = if self.rng.random_bool(0.5) {
+                        self.act(Action::Cut(a, b));
+                        self.rng.random_range(30..=600)
+                    } else {
+                        self.act(Action::Stall(a, b));
+                        self.stall_ms()
+                    };
+                    self.schedule(now.plus(ms), Action::Heal);
                 }
             }
             2 => self.draw_crash(now),
