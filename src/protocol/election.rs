@@ -129,7 +129,8 @@ pub(super) struct Leadership {
     pub read_index: Vec<ReadIndexWait>,
     /// A read-index read arrived since the last heartbeat: send one at flush.
     pub heartbeat_now: bool,
-    /// Slots committed since the last flush, for the COMMIT broadcast.
+    /// Slots committed since the last flush, for the COMMIT broadcast
+    /// (left empty while followers hear our votes, NW = 2).
     pub commit_notice: Vec<(LogIndex, EntryId)>,
 }
 

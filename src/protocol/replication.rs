@@ -339,12 +339,10 @@ impl Replica {
         // vote and its own make a write quorum, and the commit index in every
         // ACCEPT and heartbeat covers the slots holding the leader's ballot (a
         // slot holding another entry is fetched). A COMMIT would only repeat
-        // that, at the cost of a message per follower per batch.
-        let hear_votes = self.followers_hear_votes();
+        // that, at the cost of a message per follower per batch, so
+        // `apply_committed` leaves the notice empty then.
         if let Role::Leader(l) = &mut self.role {
-            if hear_votes {
-                l.commit_notice.clear();
-            } else if !l.commit_notice.is_empty() {
+            if !l.commit_notice.is_empty() {
                 let slots = std::mem::take(&mut l.commit_notice);
                 let epoch = l.epoch;
                 let others = self.others();
@@ -665,13 +663,17 @@ impl Replica {
 
     /// Applies committed slots in order and answers their waiters (leader).
     pub(super) fn apply_committed(&mut self, out: &mut Vec<Output>) {
+        // Followers that hear our votes are sent no COMMIT (see `flush_commits`).
+        let notify = !self.followers_hear_votes();
         while self.applied < self.commit {
             let index = self.applied.next();
             let entry = self.log.get(&index).expect("committed slots are held").clone();
             let outcome = self.apply(index, &entry.command);
             self.applied = index;
             if let Role::Leader(l) = &mut self.role {
-                l.commit_notice.push((index, entry.id));
+                if notify {
+                    l.commit_notice.push((index, entry.id));
+                }
                 if let Some((waiter, _)) = l.waiters.remove(&index) {
                     let answer = outcome.unwrap_or(Reply::Written(index.0));
                     self.answer(waiter, answer, out);
