@@ -246,13 +246,8 @@ impl Checker {
         if &held == expected {
             return Ok(());
         }
-        let keys: std::collections::BTreeSet<&String> =
-            held.keys().chain(expected.keys()).collect();
-        let diffs: Vec<String> = keys
-            .into_iter()
-            .filter(|k| held.get(*k) != expected.get(*k))
-            .map(|k| format!("{k}: holds {:?}, expected {:?}", held.get(k), expected.get(k)))
-            .collect();
+        let diffs =
+            store_diffs(&held, expected, |k, h, e| format!("{k}: holds {h:?}, expected {e:?}"));
         Err(format!("r{}'s store at applied index {at} is wrong: {}", r.id(), diffs.join("; ")))
     }
 
@@ -316,6 +311,20 @@ impl Checker {
 
 /// Applies one command as every replica does (DESIGN §4: CAS is decided at
 /// apply time by the same rule everywhere).
+/// One line per key on which `a` and `b` differ, in key order, made by `line`
+/// from the key and each side's (version, value).
+pub fn store_diffs(
+    a: &Store,
+    b: &Store,
+    line: impl Fn(&str, Option<&(u64, Vec<u8>)>, Option<&(u64, Vec<u8>)>) -> String,
+) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| line(k, a.get(k), b.get(k)))
+        .collect()
+}
+
 fn apply(store: &mut Store, index: LogIndex, command: &Command) {
     match command {
         Command::Noop => {}

@@ -804,6 +804,14 @@ impl SimCluster {
         self.note(|| format!("partition {}", text.join("|")));
     }
 
+    /// Stalls the links between groups (both ways): what is sent across
+    /// arrives at the heal.
+    pub fn stall_partition(&mut self, groups: &[Vec<ReplicaId>]) {
+        self.net.stall_partition(groups);
+        let text: Vec<String> = groups.iter().map(|g| fmt::ids(g)).collect();
+        self.note(|| format!("stalled partition {}", text.join("|")));
+    }
+
     /// Cuts one direction of one link.
     pub fn cut(&mut self, from: ReplicaId, to: ReplicaId) {
         self.net.cut_link(from, to);

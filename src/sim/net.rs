@@ -111,18 +111,13 @@ impl SimNetwork {
 
     /// Cuts every link between different groups, both ways.
     pub fn partition(&mut self, groups: &[Vec<ReplicaId>]) {
-        for (gi, a) in groups.iter().enumerate() {
-            for (gj, b) in groups.iter().enumerate() {
-                if gi == gj {
-                    continue;
-                }
-                for x in a {
-                    for y in b {
-                        self.cut.insert((*x, *y));
-                    }
-                }
-            }
-        }
+        self.cut.extend(crossing(groups));
+    }
+
+    /// Stalls every link between different groups, both ways: what is sent
+    /// across waits for the heal, as TCP holds it during a partition.
+    pub fn stall_partition(&mut self, groups: &[Vec<ReplicaId>]) {
+        self.stalled.extend(crossing(groups));
     }
 
     /// Restores every link; returns the directed links that were cut.
@@ -255,6 +250,19 @@ impl SimNetwork {
     pub fn is_current(&self, msg: &Msg) -> bool {
         self.lives.get(&msg.to).copied().unwrap_or(0) == msg.to_life
     }
+}
+
+/// Every directed link from one group to another.
+fn crossing(groups: &[Vec<ReplicaId>]) -> Vec<(ReplicaId, ReplicaId)> {
+    let mut links = Vec::new();
+    for (gi, a) in groups.iter().enumerate() {
+        for (gj, b) in groups.iter().enumerate() {
+            if gi != gj {
+                links.extend(a.iter().flat_map(|x| b.iter().map(move |y| (*x, *y))));
+            }
+        }
+    }
+    links
 }
 
 #[cfg(test)]

@@ -81,6 +81,8 @@ pub fn wipes_per_run() -> usize {
 enum Action {
     Partition(Vec<Vec<ReplicaId>>),
     Cut(ReplicaId, ReplicaId),
+    /// Hold what crosses between groups, in order, until the next heal.
+    StallPartition(Vec<Vec<ReplicaId>>),
     /// Hold one direction's messages in order until the next heal.
     Stall(ReplicaId, ReplicaId),
     Heal,
@@ -411,6 +413,7 @@ impl SeedRun {
         match action {
             Action::Partition(groups) => c.partition(&groups),
             Action::Cut(a, b) => c.cut(a, b),
+            Action::StallPartition(groups) => c.stall_partition(&groups),
             Action::Stall(a, b) => c.stall(a, b),
             Action::Heal => c.heal(),
             Action::Crash(id, CrashKind::Clean) => c.crash(id, 0),
@@ -494,12 +497,7 @@ impl SeedRun {
                 } else {
                     // Both ways held, not dropped: everything sent across
                     // arrives at the heal, re-sends included.
-                    for x in &a {
-                        for y in &b {
-                            self.act(Action::Stall(*x, *y));
-                            self.act(Action::Stall(*y, *x));
-                        }
-                    }
+                    self.act(Action::StallPartition(vec![a, b]));
                     self.stall_ms()
                 };
                 self.schedule(now.plus(ms), Action::Heal);
@@ -710,14 +708,11 @@ impl SeedRun {
         for id in c.ids() {
             let r = c.replica(id).expect("all up after settling");
             if r.store() != l.store() {
-                let (rs, ls) = (r.store().to_map(), l.store().to_map());
-                let keys: std::collections::BTreeSet<&String> =
-                    rs.keys().chain(ls.keys()).collect();
-                let diffs: Vec<String> = keys
-                    .into_iter()
-                    .filter(|k| rs.get(*k) != ls.get(*k))
-                    .map(|k| format!("{k}: {:?} vs {:?}", rs.get(k), ls.get(k)))
-                    .collect();
+                let diffs = super::check::store_diffs(
+                    &r.store().to_map(),
+                    &l.store().to_map(),
+                    |k, a, b| format!("{k}: {a:?} vs {b:?}"),
+                );
                 return Err(format!(
                     "r{id}'s store differs from leader r{leader}'s at commit {}: {}",
                     r.commit_index(),
