@@ -198,42 +198,41 @@ impl<T> Receiver<T> {
     /// (`None`: never) has passed.
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
         loop {
-            match self.rx.try_recv() {
-                Ok(item) => return Ok(item),
-                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => {}
+            if let Some(result) = self.poll() {
+                return result;
             }
+            let wait = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(RecvTimeoutError::Timeout),
+                },
+            };
             self.parker.register();
             self.parker.parked.store(true, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             // Looked at again after the announcement: a sender that pushed
             // before it could see the announcement is caught here.
-            let ready = match self.rx.try_recv() {
-                Ok(item) => Some(Ok(item)),
-                Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
-                Err(TryRecvError::Empty) => None,
-            };
-            if let Some(result) = ready {
+            if let Some(result) = self.poll() {
                 self.parker.parked.store(false, Ordering::SeqCst);
                 return result;
             }
             // A park may also end early (an unpark meant for an earlier
             // wait, or a spurious wake-up): the loop looks again.
-            match deadline {
+            match wait {
                 None => thread::park(),
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        self.parker.parked.store(false, Ordering::SeqCst);
-                        return self.rx.try_recv().map_err(|e| match e {
-                            TryRecvError::Empty => RecvTimeoutError::Timeout,
-                            TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                        });
-                    }
-                    thread::park_timeout(deadline - now);
-                }
+                Some(left) => thread::park_timeout(left),
             }
             self.parker.parked.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The next item, or the disconnect, if either is there now.
+    fn poll(&self) -> Option<Result<T, RecvTimeoutError>> {
+        match self.rx.try_recv() {
+            Ok(item) => Some(Ok(item)),
+            Err(TryRecvError::Disconnected) => Some(Err(RecvTimeoutError::Disconnected)),
+            Err(TryRecvError::Empty) => None,
         }
     }
 }
