@@ -131,8 +131,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     loop {
         // Every event already queued (up to the batch bound) is taken under
         // one lock; the wait ends at the next tick at the latest.
+        // A replica with committed slots still to apply runs its next turn at
+        // once (see `protocol::APPLY_PER_FLUSH_MAX`).
+        let wait_until = match event_loop.replica.has_backlog() {
+            true => Instant::now(),
+            false => last_tick + tick,
+        };
         events_rx
-            .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(last_tick + tick))
+            .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(wait_until))
             .expect("transport threads hold the events sender for the process lifetime");
         let turn = Instant::now();
         let mut handled = event_loop.handle_all(&mut events);

@@ -90,6 +90,13 @@ pub const BATCH_ENTRIES_MAX: usize = 512;
 /// twice the leader's window, so the tallies' memory stays bounded whatever
 /// a peer sends.
 pub const VOTES_AHEAD_MAX: u64 = 2 * INFLIGHT_ENTRIES_MAX as u64;
+/// Committed entries applied to the store between two flushes (a flush ends
+/// each turn of the event loop). A commit index that jumps by thousands of
+/// entries (a deep pipelined load, random keys over a large store, where one
+/// apply can take tens of microseconds) is applied over several turns, and
+/// the loop sends its heartbeats and answers its peers in between: one turn
+/// stays a few milliseconds long instead of passing the election timeout.
+pub const APPLY_PER_FLUSH_MAX: u64 = 1024;
 /// Quorum-read rounds before a read falls back to the leader (DESIGN §5).
 pub const READ_ROUNDS_BEFORE_FALLBACK: u32 = 3;
 
@@ -263,8 +270,11 @@ pub struct Replica {
     // Derived state.
     /// Every slot <= commit is chosen, held, and known to be chosen.
     commit: LogIndex,
-    /// Slots <= applied are in `store`. Equals `commit` after every step.
+    /// Slots <= applied are in `store`. Catches up with `commit` at most
+    /// [`APPLY_PER_FLUSH_MAX`] slots per flush (see [`Replica::has_backlog`]).
     applied: LogIndex,
+    /// Slots applied since the last flush.
+    applied_since_flush: u64,
     /// Slots above `commit` known to be chosen, with the chosen entry id.
     chosen: BTreeMap<LogIndex, EntryId>,
     /// key -> (version, value).
@@ -355,6 +365,7 @@ impl Replica {
             log: durable.log,
             commit: LogIndex(0),
             applied: LogIndex(0),
+            applied_since_flush: 0,
             chosen: BTreeMap::new(),
             store: store::Store::new(),
             role: Role::Follower,
@@ -404,7 +415,11 @@ impl Replica {
             replica.commit = index;
             index = index.next();
         }
-        replica.apply_committed(&mut Vec::new());
+        while replica.applied < replica.commit {
+            replica.applied_since_flush = 0;
+            replica.apply_committed(&mut Vec::new());
+        }
+        replica.applied_since_flush = 0;
         replica
     }
 
@@ -444,10 +459,18 @@ impl Replica {
     /// The caller runs it after every batch of inputs (the simulator after each step).
     pub fn flush(&mut self, now: Millis, out: &mut Vec<Output>) {
         self.now = now;
+        self.continue_apply(now, out);
         self.flush_proposals(now, out);
         self.flush_votes(out);
         self.flush_commits(out);
         self.maybe_snapshot(out);
+        self.applied_since_flush = 0;
+    }
+
+    /// True while committed slots wait to be applied: the caller should run
+    /// another turn (a flush) without waiting for an event.
+    pub fn has_backlog(&self) -> bool {
+        self.applied < self.commit
     }
 
     fn on_tick(&mut self, now: Millis, out: &mut Vec<Output>) {

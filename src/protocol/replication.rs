@@ -4,12 +4,13 @@
 
 use super::election::{Dedup, DedupKey, QueuedWrite, ReadKind, Tally};
 use super::message::{ForwardTag, PeerMsg};
+use super::store::Store;
 use super::types::{
     Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId, ReqId,
 };
 use super::{
-    reply, Output, Persist, Replica, Role, Waiter, BATCH_ENTRIES_MAX, INFLIGHT_ENTRIES_MAX,
-    VOTES_AHEAD_MAX,
+    reply, Output, Persist, Replica, Role, Waiter, APPLY_PER_FLUSH_MAX, BATCH_ENTRIES_MAX,
+    INFLIGHT_ENTRIES_MAX, VOTES_AHEAD_MAX,
 };
 use crate::client::{ClientError, Reply, Request};
 use std::collections::BTreeMap;
@@ -661,18 +662,31 @@ impl Replica {
         self.advance_commit(now, out);
     }
 
-    /// Applies committed slots in order and answers their waiters (leader).
+    /// Applies committed slots that waited for a later turn, and runs what
+    /// waits for them.
+    pub(super) fn continue_apply(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.applied < self.commit {
+            self.apply_committed(out);
+            self.after_commit_moved(now, out);
+        }
+    }
+
+    /// Applies committed slots in order, at most [`APPLY_PER_FLUSH_MAX`]
+    /// between two flushes, and answers their waiters.
     pub(super) fn apply_committed(&mut self, out: &mut Vec<Output>) {
         // Followers that hear our votes are sent no COMMIT (see `flush_commits`).
         let notify = !self.followers_hear_votes();
-        while self.applied < self.commit {
+        while self.applied < self.commit && self.applied_since_flush < APPLY_PER_FLUSH_MAX {
+            self.applied_since_flush += 1;
             let index = self.applied.next();
-            let entry = self.log.get(&index).expect("committed slots are held").clone();
-            let outcome = self.apply(index, &entry.command);
+            // Borrowed, not cloned: the store and the log are separate fields.
+            let entry = self.log.get(&index).expect("committed slots are held");
+            let outcome = apply(&mut self.store, index, &entry.command);
+            let entry_id = entry.id;
             self.applied = index;
             if let Role::Leader(l) = &mut self.role {
                 if notify {
-                    l.commit_notice.push((index, entry.id));
+                    l.commit_notice.push((index, entry_id));
                 }
                 if let Some((waiter, _)) = l.waiters.remove(&index) {
                     let answer = outcome.unwrap_or(Reply::Written(index.0));
@@ -682,35 +696,11 @@ impl Replica {
                 // Our own forwarded write, applied here: every replica applies
                 // it the same way, so our outcome is the leader's. The
                 // leader's FORWARD_REPLY, if it comes, finds nothing waiting.
-                if id == entry.id {
+                if id == entry_id {
                     if let Some(f) = self.forwards.remove(&forward) {
                         let answer = outcome.unwrap_or(Reply::Written(index.0));
                         self.finish_forward(f.origin, answer, out);
                     }
-                }
-            }
-        }
-    }
-
-    /// Applies one command to the store; returns the client's answer.
-    fn apply(&mut self, index: LogIndex, command: &Command) -> Option<Reply> {
-        match command {
-            Command::Noop => None,
-            Command::Put(kv) => {
-                self.store.insert(kv.key(), index.0, kv.value());
-                Some(Reply::Written(index.0))
-            }
-            Command::Del { key } => {
-                self.store.remove(key);
-                Some(Reply::Written(index.0))
-            }
-            Command::Cas { expected, kv } => {
-                let current = self.store.version(kv.key());
-                if current == *expected {
-                    self.store.insert(kv.key(), index.0, kv.value());
-                    Some(Reply::Written(index.0))
-                } else {
-                    Some(Reply::Error(ClientError::Conflict(current)))
                 }
             }
         }
@@ -1113,4 +1103,28 @@ fn forward_tags(
             _ => None,
         })
         .collect()
+}
+
+/// Applies one command to the store; returns the client's answer.
+fn apply(store: &mut Store, index: LogIndex, command: &Command) -> Option<Reply> {
+    match command {
+        Command::Noop => None,
+        Command::Put(kv) => {
+            store.insert(kv.key(), index.0, kv.value());
+            Some(Reply::Written(index.0))
+        }
+        Command::Del { key } => {
+            store.remove(key);
+            Some(Reply::Written(index.0))
+        }
+        Command::Cas { expected, kv } => {
+            let current = store.version(kv.key());
+            if current == *expected {
+                store.insert(kv.key(), index.0, kv.value());
+                Some(Reply::Written(index.0))
+            } else {
+                Some(Reply::Error(ClientError::Conflict(current)))
+            }
+        }
+    }
 }

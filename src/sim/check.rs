@@ -188,9 +188,9 @@ impl Checker {
             }
         }
         let commit = r.commit_index();
-        if r.applied_index() != commit {
+        if r.applied_index() > commit {
             return Err(format!(
-                "r{id} applied {} but committed {commit} after a step",
+                "r{id} applied {} but committed only {commit} after a step",
                 r.applied_index()
             ));
         }
