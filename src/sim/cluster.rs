@@ -367,6 +367,13 @@ impl SimCluster {
         self.nodes[self.idx(id)].replica.as_ref()
     }
 
+    /// The running replica `id`, to step by hand in a property test: what it
+    /// outputs then is the test's to look at; the cluster executes none of it.
+    pub fn replica_mut(&mut self, id: ReplicaId) -> Option<&mut Replica> {
+        let i = self.idx(id);
+        self.nodes[i].replica.as_mut()
+    }
+
     /// True when `id` runs (paused or not).
     pub fn is_up(&self, id: ReplicaId) -> bool {
         self.replica(id).is_some()

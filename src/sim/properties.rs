@@ -7,6 +7,7 @@ use super::cluster::{ClientEvent, CrashPoint, SimCluster, SimConfig};
 use crate::client::{Reply, Request};
 use crate::protocol::message::PeerMsg;
 use crate::protocol::types::{Command, EntryId, Epoch, Incarnation, LogIndex, ReplicaId, ReqId};
+use crate::protocol::Input;
 use std::collections::BTreeMap;
 
 /// A manual cluster, the replies it gave, and helpers to drive it.
@@ -643,4 +644,73 @@ fn a_former_wiped_before_formation_completes_forms_the_cluster_again() {
     let pending = cluster.split("cluster=pending:").nth(1).unwrap().split(' ').next().unwrap();
     assert_eq!(s.c.replica(r(1)).unwrap().cluster_id(), u64::from_str_radix(pending, 16).ok());
     s.assert_none_supersedes(3);
+}
+
+#[test]
+fn a_commit_index_that_jumps_past_the_apply_bound_is_applied_over_several_flushes() {
+    use crate::protocol::APPLY_PER_FLUSH_MAX;
+    let mut s = Scenario::new(3);
+    s.run(200);
+    assert_eq!(s.leader(), 3);
+    // r1 takes every ACCEPT, stripped of its commit index, and hears no
+    // vote, COMMIT or heartbeat from r3: it holds the entries but its
+    // commit index stays where it is while r3 and r2 commit them.
+    let writes = APPLY_PER_FLUSH_MAX + 300;
+    let puts: Vec<ReqId> = (0..writes).map(|i| s.put(3, &format!("k{i}"), "v")).collect();
+    let before = s.commit(1);
+    let mut heartbeat = None;
+    for _ in 0..2000 {
+        s.c.tick(1);
+        for mut m in s.c.take_link(r(3), r(1)) {
+            match &mut m.env.msg {
+                PeerMsg::Accept { commit, .. } => {
+                    *commit = None;
+                    s.c.deliver_msgs(vec![m]);
+                }
+                PeerMsg::Heartbeat { .. } => heartbeat = Some(m),
+                _ => {}
+            }
+        }
+        s.c.deliver_all(None);
+        s.check();
+        if puts.iter().all(|p| s.replies.contains_key(p) || s.reply(*p).is_some()) {
+            break;
+        }
+    }
+    let target = s.commit(3);
+    assert!(target.0 >= before.0 + writes, "r3 committed every write (commit {target})");
+    assert_eq!(s.commit(1), before, "r1 learned nothing of the commits yet");
+    // One heartbeat from after the commits carries r3's commit index: r1's
+    // commit index jumps, and one flush applies only the bound of it.
+    while heartbeat.as_ref().is_none_or(
+        |m| !matches!(m.env.msg, PeerMsg::Heartbeat { progress: Some((c, _)), .. } if c >= target),
+    ) {
+        s.c.tick(1);
+        for m in s.c.take_link(r(3), r(1)) {
+            if matches!(m.env.msg, PeerMsg::Heartbeat { .. }) {
+                heartbeat = Some(m);
+            }
+        }
+        s.c.deliver_all(None);
+    }
+    // Stepped by hand, so each flush can be looked at; the outputs are
+    // not executed, and the scenario ends here.
+    let heartbeat = heartbeat.expect("found above").env;
+    let now = s.c.now;
+    let r1 = s.c.replica_mut(r(1)).expect("up");
+    let mut out = Vec::new();
+    r1.step(now, Input::Peer(heartbeat), &mut out);
+    r1.flush(now, &mut out);
+    assert!(r1.commit_index() >= target, "r1 learned the commit index from the heartbeat");
+    assert_eq!(
+        r1.applied_index().0,
+        before.0 + APPLY_PER_FLUSH_MAX,
+        "one flush applies at most the bound"
+    );
+    assert!(r1.has_backlog(), "the rest waits for the next turn");
+    r1.flush(now, &mut out);
+    assert_eq!(r1.applied_index(), r1.commit_index(), "the next flush applies the rest");
+    assert!(!r1.has_backlog());
+    let key = format!("k{}", writes - 1);
+    assert!(r1.applied_value(&key).is_some(), "the last write is in r1's store");
 }
