@@ -10,7 +10,7 @@ use super::types::{
 };
 use super::{
     reply, Output, Persist, Replica, Role, Waiter, APPLY_PER_FLUSH_MAX, BATCH_ENTRIES_MAX,
-    INFLIGHT_ENTRIES_MAX, VOTES_AHEAD_MAX,
+    DEDUP_ENTRIES_MAX, INFLIGHT_ENTRIES_MAX, VOTES_AHEAD_MAX,
 };
 use crate::client::{ClientError, Reply, Request};
 use std::collections::BTreeMap;
@@ -716,6 +716,12 @@ impl Replica {
                     if let Some(d) = l.dedup.get_mut(&key) {
                         *d = Dedup::Done(answer.clone(), self.now);
                         l.dedup_expiry.push_back((self.now, key));
+                    }
+                    while l.dedup_expiry.len() > DEDUP_ENTRIES_MAX {
+                        let (at, key) = l.dedup_expiry.pop_front().expect("over the bound");
+                        if matches!(l.dedup.get(&key), Some(Dedup::Done(_, done)) if *done == at) {
+                            l.dedup.remove(&key);
+                        }
                     }
                 }
                 self.send(vec![from], PeerMsg::ForwardReply { req, boot, reply: answer }, out);
