@@ -166,6 +166,15 @@ impl Leadership {
     pub fn is_serving(&self, commit: LogIndex) -> bool {
         self.recovering_to.is_none() && self.noop_index.is_some_and(|n| commit >= n)
     }
+
+    /// Forgets the oldest answered forward, unless it was answered again
+    /// since (a later entry of `dedup_expiry` then names it).
+    pub fn forget_oldest_answer(&mut self) {
+        let Some((at, key)) = self.dedup_expiry.pop_front() else { return };
+        if matches!(self.dedup.get(&key), Some(Dedup::Done(_, done)) if *done == at) {
+            self.dedup.remove(&key);
+        }
+    }
 }
 
 impl Replica {

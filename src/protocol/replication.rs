@@ -718,10 +718,7 @@ impl Replica {
                         l.dedup_expiry.push_back((self.now, key));
                     }
                     while l.dedup_expiry.len() > DEDUP_ENTRIES_MAX {
-                        let (at, key) = l.dedup_expiry.pop_front().expect("over the bound");
-                        if matches!(l.dedup.get(&key), Some(Dedup::Done(_, done)) if *done == at) {
-                            l.dedup.remove(&key);
-                        }
+                        l.forget_oldest_answer();
                     }
                 }
                 self.send(vec![from], PeerMsg::ForwardReply { req, boot, reply: answer }, out);
@@ -1081,10 +1078,7 @@ impl Replica {
         l.queued = keep;
         let horizon = 2 * request_timeout_ms;
         while l.dedup_expiry.front().is_some_and(|(at, _)| now.since(*at) > horizon) {
-            let (at, key) = l.dedup_expiry.pop_front().expect("checked above");
-            if matches!(l.dedup.get(&key), Some(Dedup::Done(_, done)) if *done == at) {
-                l.dedup.remove(&key);
-            }
+            l.forget_oldest_answer();
         }
         for (waiter, answer) in answers {
             self.answer(waiter, answer, out);
