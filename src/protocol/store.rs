@@ -14,7 +14,10 @@
 //! Every page sits behind an `Arc`. Cloning the store (a snapshot image)
 //! copies the list of page pointers only, one per ~30 keys; a page is copied
 //! (one `memcpy`) on its first write while an image still holds it, so an
-//! image costs memory only for the pages written while it lives.
+//! image costs memory only for the pages written while it lives. The
+//! snapshot writer walks its image with [`Store::drain_each`], which lets go
+//! of each page once it is written, so only the pages still ahead of the
+//! writer are ever copied.
 //!
 //! # Why not a `BTreeMap<String, (u64, Vec<u8>)>`
 //! That took three allocations per key (key, value, a share of a half-full
@@ -423,6 +426,21 @@ impl Store {
         self.firsts.remove(left + 1);
     }
 
+    /// Passes every record to `f`, in key order, consuming the store a page
+    /// at a time: each page is released as soon as its records are passed.
+    /// A snapshot image written this way stops holding a page the moment the
+    /// page is written out, so the live store stops copying that page on its
+    /// next write; held whole, an image written during a random-order load
+    /// made the live store copy most of its pages.
+    pub fn drain_each<E>(self, mut f: impl FnMut(Record<'_>) -> Result<(), E>) -> Result<(), E> {
+        for page in self.pages {
+            for i in 0..page.len() {
+                f(page.record(i))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every record, in key order.
     pub fn iter(&self) -> impl Iterator<Item = Record<'_>> + '_ {
         self.pages.iter().flat_map(|p| (0..p.len()).map(|i| p.record(i)))
@@ -569,6 +587,34 @@ mod tests {
             assert!(page.live_bytes() + more > PAGE_BYTES, "full: the next record did not fit");
         }
         assert_eq!(store.last().map(Record::key), Some("k0999"));
+    }
+
+    #[test]
+    fn draining_an_image_releases_each_page_once_its_records_are_passed() {
+        let live: Store =
+            (0..1000u64).map(|i| (format!("k{i:04}"), (i, vec![b'v'; 100]))).collect();
+        assert!(live.pages.len() > 3, "several pages");
+        let first_of_second = live.pages[1].record(0).key().to_string();
+        let image = live.clone();
+        let shared = |p: usize| Arc::strong_count(&live.pages[p]);
+        assert_eq!((shared(0), shared(1), shared(2)), (2, 2, 2), "an image shares every page");
+        let mut seen = 0;
+        let mut checked = false;
+        image
+            .drain_each(|r| {
+                seen += 1;
+                if r.key() == first_of_second {
+                    // Page 0 is written out: the live store holds it alone,
+                    // so writing it no longer copies it. Pages ahead are held.
+                    assert_eq!((shared(0), shared(1), shared(2)), (1, 2, 2));
+                    checked = true;
+                }
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert!(checked);
+        assert_eq!(seen, 1000);
+        assert!((0..live.pages.len()).all(|p| shared(p) == 1), "all released at the end");
     }
 
     #[test]

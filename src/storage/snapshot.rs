@@ -115,7 +115,9 @@ impl Write for HashingWriter {
 
 /// Writes `snapshot` to `path` (created or truncated) in the snapshot format,
 /// through one large buffer; fsyncs the file under `FsyncPolicy::Always`.
-pub fn write_snapshot_file(path: &Path, snapshot: &Snapshot, fsync: FsyncPolicy) -> Result<()> {
+/// Consumes the image, releasing each page of it once written (see
+/// [`Store::drain_each`]).
+pub fn write_snapshot_file(path: &Path, snapshot: Snapshot, fsync: FsyncPolicy) -> Result<()> {
     let file = File::create(path).map_err(io_error(path, "create"))?;
     let inner = HashingWriter { file, hasher: crc32fast::Hasher::new() };
     let mut out = BufWriter::with_capacity(IO_BUFFER_BYTES, inner);
@@ -126,14 +128,14 @@ pub fn write_snapshot_file(path: &Path, snapshot: &Snapshot, fsync: FsyncPolicy)
     write(&mut out, &SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
     write(&mut out, &snapshot.index.0.to_le_bytes())?;
     write(&mut out, &(snapshot.store.len() as u64).to_le_bytes())?;
-    for r in snapshot.store.iter() {
+    snapshot.store.drain_each(|r| {
         let (key, value) = (r.key_bytes(), r.value());
         write(&mut out, &length(path, "key", key.len())?.to_le_bytes())?;
         write(&mut out, key)?;
         write(&mut out, &r.version().to_le_bytes())?;
         write(&mut out, &length(path, "value", value.len())?.to_le_bytes())?;
-        write(&mut out, value)?;
-    }
+        write(&mut out, value)
+    })?;
     let mut inner = out.into_inner().map_err(|e| io_error(path, "write")(e.into_error()))?;
     let crc = inner.hasher.clone().finalize();
     inner.file.write_all(&crc.to_le_bytes()).map_err(io_error(path, "write"))?;
@@ -157,7 +159,7 @@ fn length(path: &Path, what: &str, len: usize) -> Result<u32> {
 
 /// Saves `snapshot` in `dir` atomically: the `.tmp` file, its fsync, the
 /// rename to the `.snap` name, the directory's fsync (no fsyncs under `Never`).
-pub fn save_snapshot(dir: &Path, snapshot: &Snapshot, fsync: FsyncPolicy) -> Result<()> {
+pub fn save_snapshot(dir: &Path, snapshot: Snapshot, fsync: FsyncPolicy) -> Result<()> {
     let tmp = snapshot_tmp_path(dir, snapshot.index);
     let path = snapshot_path(dir, snapshot.index);
     write_snapshot_file(&tmp, snapshot, fsync)?;
@@ -394,17 +396,19 @@ impl Saver {
             .spawn(move || {
                 for snapshot in jobs_rx {
                     let started = std::time::Instant::now();
-                    let result = save_snapshot(&dir, &snapshot, fsync);
+                    let (index, keys) = (snapshot.index, snapshot.store.len());
+                    // The saver is normally the image's only holder, so the
+                    // write releases its pages as it goes.
+                    let result = save_snapshot(&dir, Arc::unwrap_or_clone(snapshot), fsync);
                     let failed = result.is_err();
                     if !failed {
                         crate::qlog!(
-                            "snapshot {} saved ({} keys) in {} ms",
-                            snapshot_path(&dir, snapshot.index).display(),
-                            snapshot.store.len(),
+                            "snapshot {} saved ({keys} keys) in {} ms",
+                            snapshot_path(&dir, index).display(),
                             started.elapsed().as_millis()
                         );
                     }
-                    if done_tx.send(result.map(|()| snapshot.index)).is_err() || failed {
+                    if done_tx.send(result.map(|()| index)).is_err() || failed {
                         return;
                     }
                 }

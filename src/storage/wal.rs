@@ -2189,7 +2189,7 @@ mod tests {
         fs::create_dir_all(&dir.0).unwrap();
         let snap = snapshot(0x0102, &[("a", 7, b""), ("bc", 1 << 40, b"\xff\x00")]);
         let path = dir.0.join("s");
-        snapshot::write_snapshot_file(&path, &snap, FsyncPolicy::Never).unwrap();
+        snapshot::write_snapshot_file(&path, snap.clone(), FsyncPolicy::Never).unwrap();
         let mut body = Vec::new();
         body.extend_from_slice(b"QKVSNAP\0");
         body.extend_from_slice(&1u32.to_le_bytes());
@@ -2499,7 +2499,7 @@ mod tests {
         // A good snapshot of another index under this name.
         fs::remove_file(&path).unwrap();
         let other = snapshot(7, &[("a", 1, b"")]);
-        snapshot::write_snapshot_file(&path, &other, FsyncPolicy::Never).unwrap();
+        snapshot::write_snapshot_file(&path, other.clone(), FsyncPolicy::Never).unwrap();
         let err = reopen(&dir.0).unwrap_err();
         assert!(matches!(&err, Error::Corrupt { offset: 12, .. }), "{err}");
         assert!(err.to_string().contains("holds index 7"), "{err}");
