@@ -93,6 +93,18 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
+/// Writes `n` as a varint at `at` in `out`, over bytes already there;
+/// returns where it ends.
+fn put_varint_at(out: &mut [u8], mut at: usize, mut n: u64) -> usize {
+    while n >= 0x80 {
+        out[at] = n as u8 | 0x80;
+        n >>= 7;
+        at += 1;
+    }
+    out[at] = n as u8;
+    at + 1
+}
+
 /// Bytes `n` takes as a varint.
 fn varint_len(n: u64) -> usize {
     (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
@@ -182,8 +194,24 @@ impl Page {
     }
 
     /// Writes the record at position `i`: over the record there (`replace`)
-    /// or as a new one before it.
+    /// or as a new one before it. A replacing record of the same framed size
+    /// (the usual overwrite: same key, a value of the same length) takes the
+    /// old one's bytes in place, so the page neither grows nor needs a rewrite.
     fn write(&mut self, i: usize, replace: bool, key: &[u8], version: u64, value: &[u8]) {
+        if replace {
+            let s = self.starts[i] as usize;
+            let len = varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len();
+            let framed = varint_len(len as u64) + len;
+            if self.framed_at(self.starts[i]).len() == framed {
+                let at = put_varint_at(&mut self.bytes, s, len as u64);
+                let at = put_varint_at(&mut self.bytes, at, key.len() as u64);
+                self.bytes[at..at + key.len()].copy_from_slice(key);
+                let at = put_varint_at(&mut self.bytes, at + key.len(), version);
+                self.bytes[at..at + value.len()].copy_from_slice(value);
+                assert_eq!(at + value.len(), s + framed, "the record fills its old bytes");
+                return;
+            }
+        }
         let start = self.append(key, version, value);
         if replace {
             self.dead += self.framed_at(self.starts[i]).len();
@@ -615,6 +643,28 @@ mod tests {
         assert!(checked);
         assert_eq!(seen, 1000);
         assert!((0..live.pages.len()).all(|p| shared(p) == 1), "all released at the end");
+    }
+
+    #[test]
+    fn an_overwrite_of_the_same_size_takes_the_old_bytes_in_place() {
+        let mut store: Store =
+            (0..100u64).map(|i| (format!("k{i:04}"), (1000 + i, vec![b'v'; 100]))).collect();
+        let bytes = |s: &Store| s.pages.iter().map(|p| (p.bytes.len(), p.dead)).collect::<Vec<_>>();
+        let before = bytes(&store);
+        for round in 0..50u64 {
+            for i in 0..100u64 {
+                store.insert(&format!("k{i:04}"), 2000 + round, &[b'a' + (round % 26) as u8; 100]);
+            }
+        }
+        check_shape(&store);
+        assert_eq!(bytes(&store), before, "no page grew and none holds dead bytes");
+        let r = store.get("k0042").expect("held");
+        assert_eq!((r.version(), r.value()), (2049, &[b'a' + 23; 100][..]));
+        // A different size still appends: the page then holds dead bytes.
+        store.insert("k0042", 2050, b"short");
+        check_shape(&store);
+        assert!(store.pages.iter().any(|p| p.dead > 0));
+        assert_eq!(store.get("k0042").map(Record::value), Some(&b"short"[..]));
     }
 
     #[test]
