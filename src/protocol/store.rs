@@ -651,6 +651,8 @@ mod tests {
             (0..100u64).map(|i| (format!("k{i:04}"), (1000 + i, vec![b'v'; 100]))).collect();
         let bytes = |s: &Store| s.pages.iter().map(|p| (p.bytes.len(), p.dead)).collect::<Vec<_>>();
         let before = bytes(&store);
+        let image = store.clone();
+        let image_map = image.to_map();
         for round in 0..50u64 {
             for i in 0..100u64 {
                 store.insert(&format!("k{i:04}"), 2000 + round, &[b'a' + (round % 26) as u8; 100]);
@@ -658,6 +660,7 @@ mod tests {
         }
         check_shape(&store);
         assert_eq!(bytes(&store), before, "no page grew and none holds dead bytes");
+        assert_eq!(image.to_map(), image_map, "an image taken before is unchanged");
         let r = store.get("k0042").expect("held");
         assert_eq!((r.version(), r.value()), (2049, &[b'a' + 23; 100][..]));
         // A different size still appends: the page then holds dead bytes.
