@@ -298,8 +298,6 @@ struct Batch {
     ends: Vec<usize>,
     /// Where the open record starts in `bytes`, if one is open.
     open: Option<usize>,
-    /// One op's JSON, before it joins a record.
-    scratch: Vec<u8>,
 }
 
 impl Batch {
@@ -309,33 +307,50 @@ impl Batch {
 
     /// Appends `op` to the open record, first closing it (and so starting a
     /// new record) when the payload would pass `max_payload` bytes. On error
-    /// nothing changes.
+    /// nothing changes. The op's JSON is written straight into the batch, so
+    /// a large op (a checkpoint carries the whole log above its snapshot) is
+    /// never held twice.
     fn push(&mut self, op: &Persist, max_payload: usize) -> std::result::Result<(), String> {
-        self.scratch.clear();
-        serde_json::to_writer(&mut self.scratch, op)
-            .map_err(|e| format!("cannot encode op: {e}"))?;
-        // A lone op still needs its `[` and `]`.
-        if self.scratch.len() + 2 > max_payload {
-            return Err(format!(
-                "op of {} bytes does not fit in a record of at most {max_payload} bytes",
-                self.scratch.len()
-            ));
-        }
-        if let Some(start) = self.open {
-            // The payload so far (with its `[`), a comma, the op and the `]`.
-            let payload = self.bytes.len() - start - RECORD_HEADER_BYTES as usize;
-            if payload + self.scratch.len() + 2 > max_payload {
-                self.close();
-            }
-        }
-        if self.open.is_some() {
-            self.bytes.push(b',');
-        } else {
-            self.open = Some(self.bytes.len());
+        let before = self.bytes.len();
+        let fresh = self.open.is_none();
+        if fresh {
             self.bytes.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
             self.bytes.push(b'[');
+        } else {
+            self.bytes.push(b',');
         }
-        self.bytes.extend_from_slice(&self.scratch);
+        let op_start = self.bytes.len();
+        if let Err(e) = serde_json::to_writer(&mut self.bytes, op) {
+            self.bytes.truncate(before);
+            return Err(format!("cannot encode op: {e}"));
+        }
+        let op_len = self.bytes.len() - op_start;
+        // A lone op still needs its `[` and `]`.
+        if op_len + 2 > max_payload {
+            self.bytes.truncate(before);
+            return Err(format!(
+                "op of {op_len} bytes does not fit in a record of at most {max_payload} bytes"
+            ));
+        }
+        match self.open {
+            None => self.open = Some(before),
+            Some(start) => {
+                // The payload before the comma (with its `[`), the comma,
+                // the op and the `]`.
+                let payload = before - start - RECORD_HEADER_BYTES as usize;
+                if payload + op_len + 2 > max_payload {
+                    // The op starts a record of its own (rare: a batch near
+                    // the record bound).
+                    let op_bytes = self.bytes.split_off(op_start);
+                    self.bytes.truncate(before);
+                    self.close();
+                    self.open = Some(self.bytes.len());
+                    self.bytes.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
+                    self.bytes.push(b'[');
+                    self.bytes.extend_from_slice(&op_bytes);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -344,6 +359,10 @@ impl Batch {
         let Some(start) = self.open.take() else {
             return;
         };
+        if self.bytes.len() == self.bytes.capacity() {
+            // Not a doubling for one byte of a large record.
+            self.bytes.reserve_exact(1);
+        }
         self.bytes.push(b']');
         let payload_start = start + RECORD_HEADER_BYTES as usize;
         // `push` kept the payload within `max_payload`, at most RECORD_BYTES_MAX.
@@ -376,7 +395,6 @@ impl Batch {
         self.ends.clear();
         self.open = None;
         self.bytes.shrink_to(BATCH_KEEP_BYTES);
-        self.scratch.shrink_to(BATCH_KEEP_BYTES);
     }
 }
 
