@@ -2,6 +2,11 @@
 //! values (pipelined), compare each replica's resident memory with the raw
 //! size of the data, then kill -9 a follower and time its way back: until it
 //! answers STATUS, and until its commit index is back where it was.
+//!
+//! The keys go in ascending order (`memory`) or scattered over the same key
+//! space (`memory-random`, [`KeyOrder::Scattered`]). The second is the harder
+//! case for the store: inserts land all over it, pages split everywhere, and
+//! every periodic snapshot is saved while the load writes pages it holds.
 
 use super::json::Json;
 use super::pipeline::{self, LoadStats};
@@ -29,6 +34,53 @@ pub fn memory_key(i: u64) -> String {
     format!("m{i:07}")
 }
 
+/// Keys the memory load can name: [`memory_key`] has 7 digits.
+pub const MEMORY_KEYS_MAX: u64 = 10_000_000;
+
+/// The key of the `i`-th entry of a scattered load: the same keys as
+/// [`memory_key`] (the same raw bytes), in a pseudo-random order.
+pub fn scattered_key(i: u64) -> String {
+    memory_key(scatter(i))
+}
+
+/// A fixed pseudo-random permutation of `0..MEMORY_KEYS_MAX`: a bijection
+/// of 24-bit numbers (odd multiplications and xor-shifts, each invertible),
+/// walked until it lands below the bound, which keeps it a bijection there.
+pub fn scatter(i: u64) -> u64 {
+    assert!(i < MEMORY_KEYS_MAX, "key number {i} out of range");
+    const MASK: u64 = (1 << 24) - 1;
+    let mut x = i;
+    loop {
+        x = (x.wrapping_mul(0x9E_3779) ^ 0x5A_5A5A) & MASK;
+        x ^= x >> 12;
+        x = x.wrapping_mul(0x2C_1B3D) & MASK;
+        x ^= x >> 11;
+        if x < MEMORY_KEYS_MAX {
+            return x;
+        }
+    }
+}
+
+/// In which order the memory load writes its keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// `m0000000`, `m0000001`, ...: every insert goes to the end.
+    #[default]
+    Ascending,
+    /// The same keys in [`scatter`] order.
+    Scattered,
+}
+
+impl KeyOrder {
+    /// As `bench.json` and the table name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyOrder::Ascending => "ascending",
+            KeyOrder::Scattered => "random",
+        }
+    }
+}
+
 /// One replica's memory.
 #[derive(Clone, Debug, Default)]
 pub struct ReplicaMemory {
@@ -47,6 +99,8 @@ pub struct ReplicaMemory {
 pub struct MemoryResult {
     /// Keys asked for.
     pub keys: u64,
+    /// The order they were written in.
+    pub order: KeyOrder,
     /// How the load went.
     pub load: LoadStats,
     /// Sum of key and value bytes of the acknowledged keys.
@@ -81,6 +135,7 @@ impl MemoryResult {
             .collect();
         Json::obj()
             .set("keys", self.keys)
+            .set("order", self.order.name())
             .set("acked", self.load.acked)
             .set("errors", self.load.errors)
             .set("first_error", self.load.first_error.clone())
@@ -95,9 +150,14 @@ impl MemoryResult {
     }
 }
 
-/// Loads `keys` keys through the leader and reads every replica's RSS.
-pub fn run_memory(cluster: &mut Cluster, keys: u64, progress: &dyn Fn(&str)) -> MemoryResult {
-    let mut result = MemoryResult { keys, ..MemoryResult::default() };
+/// Loads `keys` keys in `order` through the leader and reads every replica's RSS.
+pub fn run_memory(
+    cluster: &mut Cluster,
+    keys: u64,
+    order: KeyOrder,
+    progress: &dyn Fn(&str),
+) -> MemoryResult {
+    let mut result = MemoryResult { keys, order, ..MemoryResult::default() };
     let leader = match failover::settle(cluster) {
         Ok(l) => l,
         Err(e) => {
@@ -112,7 +172,10 @@ pub fn run_memory(cluster: &mut Cluster, keys: u64, progress: &dyn Fn(&str)) -> 
     result.load = pipeline::load(
         &addrs,
         keys,
-        memory_key,
+        match order {
+            KeyOrder::Ascending => memory_key,
+            KeyOrder::Scattered => scattered_key,
+        },
         workload::value,
         deadline,
         "memory load",
@@ -297,5 +360,20 @@ mod tests {
         assert_eq!(recovered_ms(line), Some(1234));
         assert_eq!(recovered_ms("recovered nothing"), None);
         assert_eq!(memory_key(999_999).len(), 8);
+    }
+
+    #[test]
+    fn scatter_is_a_permutation_of_the_key_space_out_of_order() {
+        let n = MEMORY_KEYS_MAX as usize;
+        let mut seen = vec![false; n];
+        for i in 0..MEMORY_KEYS_MAX {
+            let x = scatter(i) as usize;
+            assert!(!seen[x], "{x} came twice");
+            seen[x] = true;
+        }
+        // Far from ascending: about half of the neighbours go up.
+        let ups = (0..100_000u64).filter(|&i| scatter(i + 1) > scatter(i)).count();
+        assert!((40_000..60_000).contains(&ups), "{ups} of 100000 neighbours ascend");
+        assert_eq!(scattered_key(123).len(), memory_key(123).len());
     }
 }

@@ -10,9 +10,11 @@
 //!   acknowledged PUT through a survivor;
 //! - `memory`: load 1,000,000 keys with 100-byte values, RSS per replica
 //!   against the raw key+value bytes;
-//! - `restart`: with those keys, kill -9 a follower and time its restart.
+//! - `restart`: with those keys, kill -9 a follower and time its restart;
+//! - `memory-random`: the same keys loaded in a pseudo-random order.
 //!
-//! `memory` and `restart` run on a second, fresh cluster: the first one's
+//! `memory` and `restart` run on a second, fresh cluster, and
+//! `memory-random` on a third: the first one's
 //! log of the earlier workloads (kept until its next snapshot) and the heap
 //! its allocator keeps would otherwise count as the cost of the keys (31-41
 //! MB per replica after the other workloads, against 6.5 MB fresh).
@@ -53,7 +55,7 @@ use workload::{Mix, Workload};
 
 /// Every workload name `--only` takes, in run order.
 pub const WORKLOADS: &[&str] =
-    &["put1", "put50", "get50", "mixed", "failover", "memory", "restart"];
+    &["put1", "put50", "get50", "mixed", "failover", "memory", "restart", "memory-random"];
 /// Clients of the 50-client workloads.
 const CLIENTS: usize = 50;
 /// Loader connections for the hot keys of `get50` and `mixed`.
@@ -103,7 +105,7 @@ impl Default for Args {
 /// The usage text.
 pub const USAGE: &str = "\
 usage: driver bench [--replicas 3|5] [--fsync always|never] [--seconds S]
-                    [--out DIR] [--only put1,put50,get50,mixed,failover,memory,restart]
+                    [--out DIR] [--only put1,put50,get50,mixed,failover,memory,restart,memory-random]
                     [--failover-rounds N] [--memory-keys N]
 defaults: 3 replicas, fsync always, 10 s per workload, out target/bench, all
 workloads, 20 failover rounds, 1000000 memory keys. `restart` uses the memory
@@ -289,6 +291,10 @@ pub fn run(args: &Args, binary: &Path) -> Report {
     if (args.wants("memory") || args.wants("restart")) && !crashed_before {
         on_fresh_cluster(args, &opts, &mut report, run_memory_phase);
     }
+    let crashed_before = report.errors.iter().any(|e| e.starts_with(CRASHED));
+    if args.wants("memory-random") && !crashed_before {
+        on_fresh_cluster(args, &opts, &mut report, run_memory_random_phase);
+    }
     // Again at the end: other work on the machine only makes a floor worse.
     match floors::measure(&std::env::temp_dir(), &progress) {
         Ok(f) => report.floors_end = Some(f),
@@ -380,9 +386,18 @@ fn on_fresh_cluster(
     }
 }
 
+/// `memory-random`, on a cluster of its own.
+fn run_memory_random_phase(args: &Args, cluster: &mut Cluster, report: &mut Report) {
+    let m = memory::run_memory(cluster, args.memory_keys, memory::KeyOrder::Scattered, &progress);
+    if let Some(e) = &m.error {
+        report.errors.push(format!("memory-random: {e}"));
+    }
+    report.memory_random = Some(m);
+}
+
 /// `memory` and `restart`, on a cluster of their own.
 fn run_memory_phase(args: &Args, cluster: &mut Cluster, report: &mut Report) {
-    let m = memory::run_memory(cluster, args.memory_keys, &progress);
+    let m = memory::run_memory(cluster, args.memory_keys, memory::KeyOrder::Ascending, &progress);
     if let Some(e) = &m.error {
         report.errors.push(format!("memory: {e}"));
     }

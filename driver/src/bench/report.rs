@@ -50,6 +50,8 @@ pub struct Report {
     pub failover: Option<FailoverResult>,
     /// Memory with the big load.
     pub memory: Option<MemoryResult>,
+    /// Memory with the big load in random order.
+    pub memory_random: Option<MemoryResult>,
     /// Restart with the big load.
     pub restart: Option<RestartResult>,
     /// Parts that could not run, with why.
@@ -146,6 +148,7 @@ impl Report {
             .set("spurious_elections", elections)
             .set("failover", self.failover.as_ref().map(FailoverResult::to_json))
             .set("memory", self.memory.as_ref().map(MemoryResult::to_json))
+            .set("memory_random", self.memory_random.as_ref().map(MemoryResult::to_json))
             .set("restart", self.restart.as_ref().map(RestartResult::to_json))
             .set("ratios", Json::Arr(ratios))
             .set("errors", self.errors.clone())
@@ -185,7 +188,7 @@ impl Report {
         if let Some(f) = &self.failover {
             failover_lines(&mut t, f);
         }
-        if let Some(mem) = &self.memory {
+        for mem in self.memory.iter().chain(&self.memory_random) {
             self.memory_line(&mut t, mem);
         }
         if let Some(r) = &self.restart {
@@ -298,8 +301,9 @@ impl Report {
             .collect();
         let _ = writeln!(
             t,
-            "memory: {} of {} keys acknowledged ({:.1} MB raw key+value) in {:.1} s ({:.0}/s, \
-             {} errors, {} elections); RSS {}{}",
+            "memory ({} keys): {} of {} keys acknowledged ({:.1} MB raw key+value) in {:.1} s \
+             ({:.0}/s, {} errors, {} elections); RSS {}{}",
+            mem.order.name(),
             mem.load.acked,
             mem.keys,
             raw / 1e6,
