@@ -259,3 +259,39 @@ fn word_match_finds_flag_names_but_not_substrings() {
 fn writes_through_any_replica_read_back_everywhere_and_del_removes() {
     check(driver::scenarios::reads_work::run(&three()));
 }
+
+#[test]
+fn on_one_connection_a_pipelined_read_sees_the_writes_sent_before_it() {
+    let o = three();
+    check(with_cluster(&o, |c| {
+        let (leader, _) = c.wait_for_leader(o.settle_deadline())?;
+        let follower = c.ids().find(|&id| id != leader).ok_or("no follower")?;
+        for id in [follower, leader] {
+            let mut k = c.client(id)?;
+            // Each round in one write: the GET is sent before the PUT's
+            // reply comes back, and the second PUT before the GET's.
+            let rounds = 200;
+            let mut bytes = Vec::new();
+            for i in 0..rounds {
+                let key = format!("pipe-{id}-{i}");
+                bytes.extend_from_slice(
+                    format!("PUT {key} a{i}\nGET {key}\nPUT {key} b{i}\nDEL {key}\nGETV {key}\n")
+                        .as_bytes(),
+                );
+            }
+            k.send_raw(&bytes)?;
+            for i in 0..rounds {
+                let got: Vec<String> = (0..5).map(|_| k.read_line()).collect::<Result<_, _>>()?;
+                let ok = got[0].starts_with("OK ")
+                    && got[1] == format!("VALUE a{i}")
+                    && got[2].starts_with("OK ")
+                    && got[3].starts_with("OK ")
+                    && got[4] == "NOTFOUND";
+                if !ok {
+                    return Err(format!("via replica {id}, round {i}: {got:?}"));
+                }
+            }
+        }
+        Ok(())
+    }));
+}

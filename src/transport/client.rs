@@ -49,6 +49,31 @@ fn route(parsed: Result<Request, ClientError>, help_lines: &[String]) -> Route {
     }
 }
 
+/// Whether a request reads or writes the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+}
+
+impl Kind {
+    /// `None` for requests that neither read nor write keys (STATUS, METRICS).
+    fn of(request: &Request) -> Option<Kind> {
+        match request {
+            Request::Get { .. } | Request::GetV { .. } | Request::Dump => Some(Kind::Read),
+            Request::Put { .. } | Request::Del { .. } | Request::Cas { .. } => Some(Kind::Write),
+            _ => None,
+        }
+    }
+}
+
+/// The line numbers of the last read and the last write sent to the loop.
+#[derive(Default)]
+struct Kinds {
+    read: Option<u64>,
+    write: Option<u64>,
+}
+
 /// How the reader stopped.
 enum ReaderEnd {
     /// EOF or QUIT after this many lines: the writer delivers what is owed.
@@ -122,6 +147,9 @@ fn read_commands(
     let stats = &shared.stats;
     let mut line = Vec::new();
     let mut seq = 0u64;
+    // The last line sent to the loop that reads the store, and the last
+    // that writes it.
+    let mut last = Kinds::default();
     loop {
         let read = input.read_line(limits.line_bytes_max, &mut line);
         if matches!(read, Ok(LineEnd::Line | LineEnd::TooLong(_))) {
@@ -150,6 +178,26 @@ fn read_commands(
                     return ReaderEnd::Graceful(seq + 1);
                 }
                 Route::Loop(request) => {
+                    // A read waits for the writes sent before it on this
+                    // connection, and a write for the reads: each sees
+                    // exactly what came before it. Requests of one kind
+                    // still run side by side.
+                    let kind = Kind::of(&request);
+                    let before = match kind {
+                        Some(Kind::Read) => last.write,
+                        Some(Kind::Write) => last.read,
+                        None => None,
+                    };
+                    if let Some(earlier) = before {
+                        if !out.wait_answered(earlier) {
+                            return ReaderEnd::Abort;
+                        }
+                    }
+                    match kind {
+                        Some(Kind::Read) => last.read = Some(seq),
+                        Some(Kind::Write) => last.write = Some(seq),
+                        None => {}
+                    }
                     if shared.events_tx.send(Event::Client { conn, seq, request }).is_err() {
                         return ReaderEnd::Abort;
                     }

@@ -239,6 +239,9 @@ struct ClientState {
     failed: bool,
     writer_waiting: bool,
     reader_waiting: bool,
+    /// While the reader waits in [`ClientOut::wait_answered`]: the `next`
+    /// it waits for.
+    reader_wants_next: u64,
 }
 
 /// What the writer thread is to do next.
@@ -269,6 +272,7 @@ impl ClientOut {
                 failed: false,
                 writer_waiting: false,
                 reader_waiting: false,
+                reader_wants_next: 0,
             }),
             writer_cv: Condvar::new(),
             reader_cv: Condvar::new(),
@@ -282,7 +286,27 @@ impl ClientOut {
     /// The loop's side: adds the reply to line `seq`; it is written at the
     /// next [`ClientOut::flush`].
     pub fn reply(&self, seq: u64, reply: Reply) {
-        self.lock().add(seq, reply);
+        let mut st = self.lock();
+        st.add(seq, reply);
+        let wake = st.reader_waiting && st.next >= st.reader_wants_next;
+        drop(st);
+        if wake {
+            self.reader_cv.notify_one();
+        }
+    }
+
+    /// The reader's side: waits until the reply to line `seq` (and so to
+    /// every line before it) is in, written or not. Returns false when the
+    /// connection failed.
+    pub(super) fn wait_answered(&self, seq: u64) -> bool {
+        let mut st = self.lock();
+        while st.next <= seq && !st.failed {
+            st.reader_waiting = true;
+            st.reader_wants_next = seq + 1;
+            st = self.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.reader_waiting = false;
+        }
+        !st.failed
     }
 
     /// The loop's side: writes every reply that is ready, or leaves them to
