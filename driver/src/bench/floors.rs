@@ -4,7 +4,10 @@
 //! - loopback TCP round trip (one connection, a small message): a PUT through
 //!   a follower costs at least three (client→follower→leader→peer and back);
 //! - a 2 KiB append plus `sync_data` in the data directory's filesystem: a
-//!   durable write costs at least one;
+//!   durable write costs at least one; and the same while two other threads
+//!   append and sync files of their own, as the three replicas of a bench
+//!   cluster do at once on this machine's one disk (informational: it tells
+//!   how much of PUT-1 is the replicas sharing a disk);
 //! - round trips per second of a thread-per-connection `std::net` echo server
 //!   under 50 closed-loop connections: the most a server of our shape could
 //!   answer with no work at all per request.
@@ -28,6 +31,8 @@ const RTT_TIME_MAX: Duration = Duration::from_secs(2);
 const FSYNC_ROUNDS: usize = 2_000;
 /// Time bound of the fsync measurement.
 const FSYNC_TIME_MAX: Duration = Duration::from_secs(3);
+/// Appenders of the shared-disk fsync floor: one per replica of a PUT's path.
+const SHARED_FSYNC_WRITERS: usize = 3;
 /// Bytes per append: about one batch record of a few PUTs.
 const FSYNC_APPEND_BYTES: usize = 2048;
 /// Closed-loop connections of the echo floor, as in the 50-client workloads.
@@ -52,6 +57,8 @@ pub struct Floors {
     pub rtt: Summary,
     /// 2 KiB append + `sync_data`.
     pub fsync: Summary,
+    /// The same, while [`SHARED_FSYNC_WRITERS`] - 1 other threads do it too.
+    pub fsync_shared: Summary,
     /// Echo round trips per second with [`ECHO_CLIENTS`] connections.
     pub echo_ops_per_sec: f64,
     /// Echo round-trip latency under that load.
@@ -72,6 +79,7 @@ impl Floors {
         Floors {
             rtt: lower(&self.rtt, &other.rtt),
             fsync: lower(&self.fsync, &other.fsync),
+            fsync_shared: lower(&self.fsync_shared, &other.fsync_shared),
             echo_ops_per_sec,
             echo,
         }
@@ -82,6 +90,8 @@ impl Floors {
         Json::obj()
             .set("loopback_rtt_us", summary_json(&self.rtt))
             .set("fsync_2k_us", summary_json(&self.fsync))
+            .set("fsync_2k_shared_writers", SHARED_FSYNC_WRITERS)
+            .set("fsync_2k_shared_us", summary_json(&self.fsync_shared))
             .set("echo_clients", ECHO_CLIENTS)
             .set("echo_ops_per_sec", self.echo_ops_per_sec)
             .set("echo_us", summary_json(&self.echo))
@@ -106,9 +116,11 @@ pub fn measure(dir: &Path, progress: &dyn Fn(&str)) -> Result<Floors, String> {
     let rtt = loopback_rtt()?;
     progress("floor: 2 KiB append + fsync");
     let fsync = fsync_latency(dir, FSYNC_ROUNDS, FSYNC_TIME_MAX)?;
+    progress(&format!("floor: 2 KiB append + fsync, {SHARED_FSYNC_WRITERS} writers at once"));
+    let fsync_shared = fsync_latency_shared(dir, SHARED_FSYNC_WRITERS)?;
     progress(&format!("floor: echo server, {ECHO_CLIENTS} connections"));
     let (echo_ops_per_sec, echo) = echo_rate(ECHO_CLIENTS, ECHO_TIME_MAX)?;
-    Ok(Floors { rtt, fsync, echo_ops_per_sec, echo })
+    Ok(Floors { rtt, fsync, fsync_shared, echo_ops_per_sec, echo })
 }
 
 /// A thread-per-connection echo server on 127.0.0.1, stopped on drop.
@@ -235,6 +247,47 @@ const FSYNC_SAMPLE_TIME_MAX: Duration = Duration::from_secs(1);
 /// workload says more than one taken minutes earlier.
 pub fn fsync_sample(dir: &Path) -> Result<Summary, String> {
     fsync_latency(dir, FSYNC_SAMPLE_ROUNDS, FSYNC_SAMPLE_TIME_MAX)
+}
+
+/// [`fsync_latency`] while `writers - 1` other threads append and sync files
+/// of their own in `dir` until it is done.
+fn fsync_latency_shared(dir: &Path, writers: usize) -> Result<Summary, String> {
+    let stop = AtomicBool::new(false);
+    thread::scope(|scope| {
+        let others: Vec<_> = (1..writers)
+            .map(|k| {
+                let stop = &stop;
+                scope.spawn(move || -> Result<(), String> {
+                    let path = dir.join(format!("fsync-floor-{}-{k}.tmp", std::process::id()));
+                    let result = (|| {
+                        let mut f = OpenOptions::new()
+                            .create(true)
+                            .truncate(true)
+                            .write(true)
+                            .open(&path)
+                            .map_err(|e| format!("open {}: {e}", path.display()))?;
+                        let block = vec![b'y'; FSYNC_APPEND_BYTES];
+                        // Bounded by the measuring thread's own time bound.
+                        let end = Instant::now() + 2 * FSYNC_TIME_MAX;
+                        while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                            f.write_all(&block)
+                                .and_then(|()| f.sync_data())
+                                .map_err(|e| format!("fsync: {e}"))?;
+                        }
+                        Ok(())
+                    })();
+                    let _ = fs::remove_file(&path);
+                    result
+                })
+            })
+            .collect();
+        let measured = fsync_latency(dir, FSYNC_ROUNDS, FSYNC_TIME_MAX);
+        stop.store(true, Ordering::Relaxed);
+        for other in others {
+            other.join().map_err(|_| "an fsync floor writer panicked".to_string())??;
+        }
+        measured
+    })
 }
 
 /// Latency of a 2 KiB append + `sync_data` to a fresh file in `dir`, `rounds`

@@ -103,6 +103,16 @@ impl Report {
                 ),
                 value: l.latency.p50_us / floor,
             });
+            let shared = 3.0 * f.rtt.p50_us + f.fsync_shared.p50_us;
+            out.push(Ratio {
+                key: "put1_p50_over_3rtt_plus_shared_fsync".into(),
+                formula: format!(
+                    "put1 p50 / (3 x RTT + fsync with 3 writers at once {:.0} us = {shared:.0} us; \
+                     informational)",
+                    f.fsync_shared.p50_us
+                ),
+                value: l.latency.p50_us / shared,
+            });
         }
         for name in ["put50", "get50", "mixed"] {
             if let Some(l) = self.load(name) {
@@ -177,8 +187,13 @@ impl Report {
                 let _ = writeln!(
                     t,
                     "floors ({when:>5}): loopback RTT p50 {:.1} us | 2 KiB append+fsync p50 {:.0} us \
-                     (p99 {:.0}) | echo 50 conns {:.0} rt/s (p50 {:.0} us)",
-                    f.rtt.p50_us, f.fsync.p50_us, f.fsync.p99_us, f.echo_ops_per_sec, f.echo.p50_us
+                     (p99 {:.0}; 3 writers at once p50 {:.0}) | echo 50 conns {:.0} rt/s (p50 {:.0} us)",
+                    f.rtt.p50_us,
+                    f.fsync.p50_us,
+                    f.fsync.p99_us,
+                    f.fsync_shared.p50_us,
+                    f.echo_ops_per_sec,
+                    f.echo.p50_us
                 );
             }
         }
