@@ -240,7 +240,8 @@ struct ClientState {
     writer_waiting: bool,
     reader_waiting: bool,
     /// While the reader waits in [`ClientOut::wait_answered`]: the `next`
-    /// it waits for.
+    /// it waits for (`u64::MAX` otherwise, so a reply never wakes a reader
+    /// that waits for a credit).
     reader_wants_next: u64,
 }
 
@@ -272,7 +273,7 @@ impl ClientOut {
                 failed: false,
                 writer_waiting: false,
                 reader_waiting: false,
-                reader_wants_next: 0,
+                reader_wants_next: u64::MAX,
             }),
             writer_cv: Condvar::new(),
             reader_cv: Condvar::new(),
@@ -306,6 +307,7 @@ impl ClientOut {
             st = self.reader_cv.wait(st).unwrap_or_else(|e| e.into_inner());
             st.reader_waiting = false;
         }
+        st.reader_wants_next = u64::MAX;
         !st.failed
     }
 
