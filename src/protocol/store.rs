@@ -122,9 +122,14 @@ fn varint(b: &[u8]) -> (u64, usize) {
     panic!("a varint runs past the end of its record")
 }
 
+/// Bytes one record takes, without its length.
+fn record_len(key: &[u8], version: u64, value: &[u8]) -> usize {
+    varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len()
+}
+
 /// Bytes one record takes in a page, with its length.
 fn framed_len(key: &[u8], version: u64, value: &[u8]) -> usize {
-    let len = varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len();
+    let len = record_len(key, version, value);
     varint_len(len as u64) + len
 }
 
@@ -184,7 +189,7 @@ impl Page {
             self.bytes.reserve_exact(framed.max(GROW_BYTES));
         }
         let start = u32::try_from(self.bytes.len()).expect("a page stays far below 4 GiB");
-        let len = varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len();
+        let len = record_len(key, version, value);
         put_varint(&mut self.bytes, len as u64);
         put_varint(&mut self.bytes, key.len() as u64);
         self.bytes.extend_from_slice(key);
@@ -200,7 +205,7 @@ impl Page {
     fn write(&mut self, i: usize, replace: bool, key: &[u8], version: u64, value: &[u8]) {
         if replace {
             let s = self.starts[i] as usize;
-            let len = varint_len(key.len() as u64) + key.len() + varint_len(version) + value.len();
+            let len = record_len(key, version, value);
             let framed = varint_len(len as u64) + len;
             if self.framed_at(self.starts[i]).len() == framed {
                 let at = put_varint_at(&mut self.bytes, s, len as u64);
