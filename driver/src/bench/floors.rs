@@ -257,15 +257,8 @@ fn fsync_latency_shared(dir: &Path, writers: usize) -> Result<Summary, String> {
         let others: Vec<_> = (1..writers)
             .map(|k| {
                 let stop = &stop;
-                scope.spawn(move || -> Result<(), String> {
-                    let path = dir.join(format!("fsync-floor-{}-{k}.tmp", std::process::id()));
-                    let result = (|| {
-                        let mut f = OpenOptions::new()
-                            .create(true)
-                            .truncate(true)
-                            .write(true)
-                            .open(&path)
-                            .map_err(|e| format!("open {}: {e}", path.display()))?;
+                scope.spawn(move || {
+                    with_scratch_file(dir, &format!("-{k}"), |f| {
                         let block = vec![b'y'; FSYNC_APPEND_BYTES];
                         // Bounded by the measuring thread's own time bound.
                         let end = Instant::now() + 2 * FSYNC_TIME_MAX;
@@ -275,9 +268,7 @@ fn fsync_latency_shared(dir: &Path, writers: usize) -> Result<Summary, String> {
                                 .map_err(|e| format!("fsync: {e}"))?;
                         }
                         Ok(())
-                    })();
-                    let _ = fs::remove_file(&path);
-                    result
+                    })
                 })
             })
             .collect();
@@ -293,14 +284,7 @@ fn fsync_latency_shared(dir: &Path, writers: usize) -> Result<Summary, String> {
 /// Latency of a 2 KiB append + `sync_data` to a fresh file in `dir`, `rounds`
 /// times or for `time_max`, whichever ends first.
 fn fsync_latency(dir: &Path, rounds: usize, time_max: Duration) -> Result<Summary, String> {
-    let path = dir.join(format!("fsync-floor-{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("open {}: {e}", path.display()))?;
+    with_scratch_file(dir, "", |f| {
         let block = vec![b'x'; FSYNC_APPEND_BYTES];
         let mut h = Histogram::default();
         let end = Instant::now() + time_max;
@@ -313,7 +297,24 @@ fn fsync_latency(dir: &Path, rounds: usize, time_max: Duration) -> Result<Summar
             }
         }
         Ok(h.summary())
-    })();
+    })
+}
+
+/// Runs `body` on a fresh file in `dir` (named for this process and `tag`),
+/// then removes the file, whatever `body` returned.
+fn with_scratch_file<T>(
+    dir: &Path,
+    tag: &str,
+    body: impl FnOnce(&mut fs::File) -> Result<T, String>,
+) -> Result<T, String> {
+    let path = dir.join(format!("fsync-floor-{}{tag}.tmp", std::process::id()));
+    let result = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("open {}: {e}", path.display()))
+        .and_then(|mut f| body(&mut f));
     let _ = fs::remove_file(&path);
     result
 }
