@@ -312,10 +312,8 @@ impl Batch {
     /// never held twice.
     fn push(&mut self, op: &Persist, max_payload: usize) -> std::result::Result<(), String> {
         let before = self.bytes.len();
-        let fresh = self.open.is_none();
-        if fresh {
-            self.bytes.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
-            self.bytes.push(b'[');
+        if self.open.is_none() {
+            self.start_record();
         } else {
             self.bytes.push(b',');
         }
@@ -345,13 +343,18 @@ impl Batch {
                     self.bytes.truncate(before);
                     self.close();
                     self.open = Some(self.bytes.len());
-                    self.bytes.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
-                    self.bytes.push(b'[');
+                    self.start_record();
                     self.bytes.extend_from_slice(&op_bytes);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Appends a record's start: its header, filled in by `close`, and `[`.
+    fn start_record(&mut self) {
+        self.bytes.extend_from_slice(&[0; RECORD_HEADER_BYTES as usize]);
+        self.bytes.push(b'[');
     }
 
     /// Closes the open record, if any: the `]`, then its length and checksum.
@@ -2517,7 +2520,7 @@ mod tests {
         // A good snapshot of another index under this name.
         fs::remove_file(&path).unwrap();
         let other = snapshot(7, &[("a", 1, b"")]);
-        snapshot::write_snapshot_file(&path, other.clone(), FsyncPolicy::Never).unwrap();
+        snapshot::write_snapshot_file(&path, other, FsyncPolicy::Never).unwrap();
         let err = reopen(&dir.0).unwrap_err();
         assert!(matches!(&err, Error::Corrupt { offset: 12, .. }), "{err}");
         assert!(err.to_string().contains("holds index 7"), "{err}");
