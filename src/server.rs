@@ -133,10 +133,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         // one lock; the wait ends at the next tick at the latest.
         // A replica with committed slots still to apply runs its next turn at
         // once (see `protocol::APPLY_PER_FLUSH_MAX`).
-        let wait_until = match event_loop.replica.has_backlog() {
-            true => Instant::now(),
-            false => last_tick + tick,
-        };
+        let wait_until =
+            if event_loop.replica.has_backlog() { Instant::now() } else { last_tick + tick };
         events_rx
             .recv_batch(&mut events, EVENTS_BATCH_MAX, Some(wait_until))
             .expect("transport threads hold the events sender for the process lifetime");
@@ -529,7 +527,7 @@ impl EventLoop {
             }
         }
         // Everything this turn produced leaves now, one write per socket.
-        self.net.flush(self.replica.role_name() != "leader");
+        self.net.flush(!self.replica.is_leader());
         // The log prefix changes with the epoch and role only.
         let prefix = (self.replica.epoch(), self.replica.role_name());
         if self.log_prefix != Some(prefix) {

@@ -794,6 +794,11 @@ impl Replica {
         }
     }
 
+    /// True when this replica leads (recovering or serving).
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
     /// True when this replica leads and has finished recovery.
     pub fn is_serving_leader(&self) -> bool {
         match &self.role {
