@@ -160,8 +160,9 @@ impl Args {
                 }
                 "--memory-keys" => {
                     a.memory_keys = value.parse().map_err(|_| bad("not a number"))?;
-                    if a.memory_keys == 0 || a.memory_keys > 10_000_000 {
-                        return Err(bad("must be 1..=10000000 (keys are m + 7 digits)"));
+                    if a.memory_keys == 0 || a.memory_keys > memory::MEMORY_KEYS_MAX {
+                        let max = memory::MEMORY_KEYS_MAX;
+                        return Err(bad(&format!("must be 1..={max} (keys are m + 7 digits)")));
                     }
                 }
                 _ => return Err(format!("unknown flag {flag:?}")),
@@ -287,12 +288,10 @@ pub fn run(args: &Args, binary: &Path) -> Report {
     if FIRST_CLUSTER_WORKLOADS.iter().any(|w| args.wants(w)) {
         on_fresh_cluster(args, &opts, &mut report, run_on_cluster);
     }
-    let crashed_before = report.errors.iter().any(|e| e.starts_with(CRASHED));
-    if (args.wants("memory") || args.wants("restart")) && !crashed_before {
+    if args.wants("memory") || args.wants("restart") {
         on_fresh_cluster(args, &opts, &mut report, run_memory_phase);
     }
-    let crashed_before = report.errors.iter().any(|e| e.starts_with(CRASHED));
-    if args.wants("memory-random") && !crashed_before {
+    if args.wants("memory-random") {
         on_fresh_cluster(args, &opts, &mut report, run_memory_random_phase);
     }
     // Again at the end: other work on the machine only makes a floor worse.
@@ -364,21 +363,25 @@ fn run_on_cluster(args: &Args, cluster: &mut Cluster, report: &mut Report) {
 }
 
 /// The workloads that run on the first cluster; `memory` and `restart` get
-/// a second one.
+/// a second one, `memory-random` a third.
 const FIRST_CLUSTER_WORKLOADS: [&str; 5] = ["put1", "put50", "get50", "mixed", "failover"];
 
 /// Starts a cluster, runs `phase` on it, and notes a replica that crashed.
+/// Once a replica crashed in an earlier phase, the rest is skipped.
 fn on_fresh_cluster(
     args: &Args,
     opts: &ClusterOpts,
     report: &mut Report,
     phase: fn(&Args, &mut Cluster, &mut Report),
 ) {
+    let crash_noted = |report: &Report| report.errors.iter().any(|e| e.starts_with(CRASHED));
+    if crash_noted(report) {
+        return;
+    }
     match Cluster::start(opts.clone()) {
         Ok(mut cluster) => {
             phase(args, &mut cluster, report);
-            let noted = report.errors.iter().any(|e| e.starts_with(CRASHED));
-            if !noted {
+            if !crash_noted(report) {
                 crashed(&mut cluster, report, &args.out);
             }
         }
@@ -386,21 +389,30 @@ fn on_fresh_cluster(
     }
 }
 
+/// Loads the memory keys in `order`; an error is noted under `name`.
+fn memory_load(
+    args: &Args,
+    cluster: &mut Cluster,
+    order: memory::KeyOrder,
+    name: &str,
+    report: &mut Report,
+) -> memory::MemoryResult {
+    let m = memory::run_memory(cluster, args.memory_keys, order, &progress);
+    if let Some(e) = &m.error {
+        report.errors.push(format!("{name}: {e}"));
+    }
+    m
+}
+
 /// `memory-random`, on a cluster of its own.
 fn run_memory_random_phase(args: &Args, cluster: &mut Cluster, report: &mut Report) {
-    let m = memory::run_memory(cluster, args.memory_keys, memory::KeyOrder::Scattered, &progress);
-    if let Some(e) = &m.error {
-        report.errors.push(format!("memory-random: {e}"));
-    }
+    let m = memory_load(args, cluster, memory::KeyOrder::Scattered, "memory-random", report);
     report.memory_random = Some(m);
 }
 
 /// `memory` and `restart`, on a cluster of their own.
 fn run_memory_phase(args: &Args, cluster: &mut Cluster, report: &mut Report) {
-    let m = memory::run_memory(cluster, args.memory_keys, memory::KeyOrder::Ascending, &progress);
-    if let Some(e) = &m.error {
-        report.errors.push(format!("memory: {e}"));
-    }
+    let m = memory_load(args, cluster, memory::KeyOrder::Ascending, "memory", report);
     report.memory = Some(m);
     if crashed(cluster, report, &args.out) {
         return;
