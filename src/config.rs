@@ -25,6 +25,9 @@ use std::path::PathBuf;
 const PEERS_MAX: usize = u8::MAX as usize;
 /// DESIGN §8 caps keys at 256 bytes; `--max-key-bytes` may only lower it.
 const KEY_BYTES_CAP: u64 = 256;
+/// Largest `--max-value-bytes`: a value travels whole in one peer message
+/// and one log batch (`protocol::BATCH_BYTES_MAX`), far below the frame limit.
+const VALUE_BYTES_CAP: u64 = crate::protocol::BATCH_BYTES_MAX as u64;
 /// Bytes a command line holds besides its key and value. The longest is
 /// `CAS key <version> value`: 4 + 1 + 20 (a u64's digits) + 1 = 26, rounded up.
 const COMMAND_BYTES_OVERHEAD: u64 = 32;
@@ -220,7 +223,7 @@ fn options() -> Options {
     o.optopt(
         "",
         "max-value-bytes",
-        &format!("longest value (default {})", d.value_bytes_max),
+        &format!("longest value, at most {VALUE_BYTES_CAP} (default {})", d.value_bytes_max),
         "BYTES",
     );
     let clients = format!("client connections at once (default {CLIENTS_MAX_DEFAULT})");
@@ -541,6 +544,12 @@ fn limits(flags: &Flags) -> Result<Limits> {
         return Err(error(format!("--max-key-bytes {key}: must be in 1..={KEY_BYTES_CAP}")));
     }
     let value = number_or("--max-value-bytes", &flags.max_value_bytes, d.value_bytes_max as u64)?;
+    if value > VALUE_BYTES_CAP {
+        let why = "a value must fit in one peer message";
+        return Err(error(format!(
+            "--max-value-bytes {value}: must be at most {VALUE_BYTES_CAP} ({why})"
+        )));
+    }
     let line = number_or("--max-line-bytes", &flags.max_line_bytes, d.line_bytes_max as u64)?;
     let line_min = key.saturating_add(value).saturating_add(COMMAND_BYTES_OVERHEAD);
     if line < line_min {
@@ -710,6 +719,7 @@ mod tests {
             (format!("--id 1 {p3} --max-key-bytes 0"), "--max-key-bytes"),
             (format!("--id 1 {p3} --max-key-bytes 257"), "--max-key-bytes"),
             (format!("--id 1 {p3} --max-line-bytes 1000"), "--max-line-bytes"),
+            (format!("--id 1 {p3} --max-value-bytes 4194305"), "--max-value-bytes"),
             (format!("--id 1 {p3} --max-clients 0"), "--max-clients"),
             (format!("--id 1 {p3} --snapshot-every-entries 0"), "--snapshot-every-entries"),
             (format!("--id 1 {p3} --wal-segment-bytes 4095"), "--wal-segment-bytes"),

@@ -161,8 +161,14 @@ impl Batch {
             storage.sync()?;
             *synced += self.syncs;
             let fsync_us = started.elapsed().as_micros() as u64;
-            let segment_bytes = storage.segment_bytes();
-            let _ = events.send(Event::DiskSynced { ticket: *synced, fsync_us, segment_bytes });
+            let (segment_bytes, snapshot_bytes) =
+                (storage.segment_bytes(), storage.snapshot_bytes());
+            let _ = events.send(Event::DiskSynced {
+                ticket: *synced,
+                fsync_us,
+                segment_bytes,
+                snapshot_bytes,
+            });
             for tx in self.flushes {
                 let _ = tx.send(Ok(()));
             }

@@ -33,7 +33,7 @@ use crate::protocol::message::Envelope;
 use crate::protocol::types::{Millis, ReplicaId, ReqId};
 use crate::protocol::{self, Input, Output, Replica};
 use crate::storage::wal::DiskStorage;
-use crate::storage::{FsyncPolicy, Storage};
+use crate::storage::{self, FsyncPolicy, Storage};
 use crate::transport::{self, ClientOut, ClusterKey, ConnId, Event, PeerSenders, TransportConfig};
 use crate::transport::{TransportStats, CLUSTER_KEY_BYTES_MIN};
 use crate::{qlog, wire};
@@ -297,7 +297,8 @@ pub fn help_lines(cfg: &Config) -> Vec<String> {
 /// The loop's state: the replica, its storage, and where replies go.
 struct EventLoop {
     request_timeout_ms: u64,
-    /// `--wal-segment-bytes`: a log segment this large asks for a snapshot.
+    /// `--wal-segment-bytes`: a log segment this large asks for a snapshot
+    /// (or larger: see [`storage::log_asks_for_snapshot`]).
     wal_segment_bytes: u64,
     replica: Replica,
     /// The disk thread's queue.
@@ -359,9 +360,13 @@ impl EventLoop {
                 self.net.clients.remove(&conn);
             }
             Event::Client { conn, seq, request } => self.on_client(now, conn, seq, request),
-            Event::DiskSynced { ticket, fsync_us, segment_bytes } => {
+            Event::DiskSynced { ticket, fsync_us, segment_bytes, snapshot_bytes } => {
                 self.record_fsync(ticket, fsync_us);
-                if segment_bytes > self.wal_segment_bytes {
+                if storage::log_asks_for_snapshot(
+                    segment_bytes,
+                    self.wal_segment_bytes,
+                    snapshot_bytes,
+                ) {
                     self.replica.request_snapshot();
                 }
                 self.executor.synced(ticket, &mut self.net);

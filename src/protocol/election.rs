@@ -6,8 +6,10 @@
 //! first recovers every entry a majority may have chosen before it serves.
 
 use super::message::PeerMsg;
+use super::types::ENTRY_OVERHEAD_BYTES;
 use super::types::{Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId};
-use super::{quorum, Campaign, ElectionRecord, Output, Replica, Role, Waiter, BATCH_ENTRIES_MAX};
+use super::{quorum, BatchBudget, Campaign, ElectionRecord, Output, Replica, Role, Waiter};
+use super::{INFLIGHT_BYTES_MAX, INFLIGHT_ENTRIES_MAX};
 use crate::client::{ClientError, Reply, Request};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -33,6 +35,8 @@ pub(super) struct Tally {
     pub voters: BTreeSet<ReplicaId>,
     /// When ACCEPT was last sent for this slot (for re-sends).
     pub sent_at: Millis,
+    /// The entry's [`Entry::size_bytes`], counted in `Leadership::tally_bytes`.
+    pub bytes: u64,
 }
 
 /// A write the leader has not proposed yet (recovery still running, or the
@@ -42,6 +46,20 @@ pub(super) struct QueuedWrite {
     pub waiter: Waiter,
     pub request: Request,
     pub deadline: Millis,
+}
+
+impl QueuedWrite {
+    /// About the [`Entry::size_bytes`] of the entry it will be.
+    pub fn size_bytes(&self) -> u64 {
+        let payload = match &self.request {
+            Request::Put { key, value } | Request::Cas { key, value, .. } => {
+                key.len() + value.len()
+            }
+            Request::Del { key } => key.len(),
+            _ => 0,
+        };
+        (payload + ENTRY_OVERHEAD_BYTES) as u64
+    }
 }
 
 /// A forwarded write's identity: (follower, follower boot, follower's request id).
@@ -97,6 +115,8 @@ pub(super) struct Leadership {
     pub progress_deadline: Millis,
     /// Slots proposed in this epoch and not yet chosen.
     pub tallies: BTreeMap<LogIndex, Tally>,
+    /// Sum of the tallies' `bytes`.
+    pub tally_bytes: u64,
     /// Slots appended but not yet persisted and sent (done by `flush`).
     pub unsent: Vec<LogIndex>,
     /// Who waits for each proposed slot.
@@ -135,6 +155,15 @@ pub(super) struct Leadership {
 }
 
 impl Leadership {
+    /// True when the in-flight window has no room for another proposal,
+    /// counting `more` proposals of `more_bytes` about to be made:
+    /// [`INFLIGHT_ENTRIES_MAX`] entries or [`INFLIGHT_BYTES_MAX`] bytes not
+    /// yet chosen.
+    pub fn window_full(&self, more: usize, more_bytes: u64) -> bool {
+        self.tallies.len() + more >= INFLIGHT_ENTRIES_MAX
+            || self.tally_bytes + more_bytes >= INFLIGHT_BYTES_MAX
+    }
+
     fn new(epoch: Epoch, now: Millis, progress_deadline: Millis) -> Leadership {
         Leadership {
             epoch,
@@ -144,6 +173,7 @@ impl Leadership {
             noop_index: None,
             progress_deadline,
             tallies: BTreeMap::new(),
+            tally_bytes: 0,
             unsent: Vec::new(),
             waiters: BTreeMap::new(),
             queued: VecDeque::new(),
@@ -337,13 +367,14 @@ impl Replica {
     /// Every entry above `from`: the committed part capped at a few batches,
     /// the uncommitted part whole (a winner needs all of it).
     fn entries_above(&self, from: LogIndex) -> (Vec<(LogIndex, Entry)>, bool) {
-        let cap = 4 * BATCH_ENTRIES_MAX;
+        let mut budget = BatchBudget::default();
         let mut entries = Vec::new();
         // Committed entries compacted into a snapshot cannot be sent: the
         // winner fetches them (and gets the snapshot).
         let mut truncated = from < self.snapshot_index;
         for (index, entry) in self.log.range(from.next()..) {
-            if *index <= self.commit && entries.len() >= cap {
+            if *index <= self.commit && (truncated || !budget.take(entry)) {
+                // The rest of the committed part: the winner fetches it.
                 truncated = true;
                 continue;
             }

@@ -83,9 +83,64 @@ use types::{Entry, EntryId, Epoch, Formation, Incarnation, LogIndex, Millis, Rep
 /// Entries a leader may have proposed and not yet seen chosen. More writes wait
 /// in a queue: this bounds the memory of vote tallies and of every ACCEPT re-send.
 pub const INFLIGHT_ENTRIES_MAX: usize = 8192;
-/// Entries in one ACCEPT, FetchResp or Promise message: keeps a peer frame far
-/// below the wire limit even with 64 KiB values.
+/// Entries in one ACCEPT, FetchResp or Promise message (see also
+/// [`BATCH_BYTES_MAX`]).
 pub const BATCH_ENTRIES_MAX: usize = 512;
+/// Entry bytes (keys, values, a fixed overhead each: [`Entry::size_bytes`])
+/// in one ACCEPT or FetchResp, or in the committed part of a Promise; a
+/// batch always takes its first entry. With 64 KiB values the entry bound
+/// alone allowed 34 MB frames (a Promise four times that, past
+/// `wire::FRAME_BYTES_MAX`, so it was dropped and the election it answered
+/// could never finish), and a heartbeat on the same link waited behind each.
+pub const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Entry bytes a leader may have proposed and not yet seen chosen (with
+/// [`INFLIGHT_ENTRIES_MAX`]). A Promise carries a replica's uncommitted
+/// entries whole, so this keeps it well inside one frame with large values.
+pub const INFLIGHT_BYTES_MAX: u64 = 16 << 20;
+
+const _: () = assert!(
+    INFLIGHT_BYTES_MAX + 2 * BATCH_BYTES_MAX as u64 <= crate::wire::FRAME_BYTES_MAX as u64 / 2
+);
+
+/// Fills one message's batch of entries within [`BATCH_ENTRIES_MAX`] and
+/// [`BATCH_BYTES_MAX`].
+#[derive(Debug, Default)]
+pub(crate) struct BatchBudget {
+    entries: usize,
+    bytes: usize,
+}
+
+impl BatchBudget {
+    /// Counts `entry` in and returns true if the batch has room for it (an
+    /// empty batch always does); false when the batch is full.
+    pub(crate) fn take(&mut self, entry: &Entry) -> bool {
+        let size = entry.size_bytes();
+        let full = self.entries >= BATCH_ENTRIES_MAX || self.bytes + size > BATCH_BYTES_MAX;
+        if self.entries > 0 && full {
+            return false;
+        }
+        self.entries += 1;
+        self.bytes += size;
+        true
+    }
+}
+
+/// Splits `entries` into consecutive runs that each fit one [`BatchBudget`].
+pub(crate) fn batch_ranges(entries: &[(LogIndex, Entry)]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let (mut start, mut budget) = (0, BatchBudget::default());
+    for (i, (_, entry)) in entries.iter().enumerate() {
+        if !budget.take(entry) {
+            ranges.push(start..i);
+            (start, budget) = (i, BatchBudget::default());
+            assert!(budget.take(entry), "an empty batch takes any entry");
+        }
+    }
+    if start < entries.len() {
+        ranges.push(start..entries.len());
+    }
+    ranges
+}
 /// How far above its commit index a follower tallies the votes it hears:
 /// twice the leader's window, so the tallies' memory stays bounded whatever
 /// a peer sends.

@@ -9,8 +9,8 @@ use super::types::{
     Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId, ReqId,
 };
 use super::{
-    reply, Output, Persist, Replica, Role, Waiter, APPLY_PER_FLUSH_MAX, BATCH_ENTRIES_MAX,
-    DEDUP_ENTRIES_MAX, INFLIGHT_ENTRIES_MAX, VOTES_AHEAD_MAX,
+    batch_ranges, reply, BatchBudget, Output, Persist, Replica, Role, Waiter, APPLY_PER_FLUSH_MAX,
+    BATCH_ENTRIES_MAX, DEDUP_ENTRIES_MAX, VOTES_AHEAD_MAX,
 };
 use crate::client::{ClientError, Reply, Request};
 use std::collections::BTreeMap;
@@ -222,7 +222,7 @@ impl Replica {
         let deadline = now.plus(self.cfg.request_timeout_ms);
         let serving = self.is_serving_leader();
         let l = self.leadership_mut();
-        let full = l.tallies.len() >= INFLIGHT_ENTRIES_MAX;
+        let full = l.window_full(0, 0);
         if lacks_quorum || !serving || full || !l.queued.is_empty() {
             l.queued.push_back(QueuedWrite { waiter, request, deadline });
             return;
@@ -247,9 +247,14 @@ impl Replica {
     pub(super) fn propose_at(&mut self, now: Millis, index: LogIndex, entry: Entry) {
         assert!(index > self.commit, "proposing at committed slot {index}");
         assert_eq!(entry.ballot, self.promise, "proposing outside our epoch");
+        let bytes = entry.size_bytes() as u64;
         self.log.insert(index, entry);
         let l = self.leadership_mut();
-        l.tallies.insert(index, Tally { voters: Default::default(), sent_at: now });
+        let tally = Tally { voters: Default::default(), sent_at: now, bytes };
+        if let Some(old) = l.tallies.insert(index, tally) {
+            l.tally_bytes -= old.bytes;
+        }
+        l.tally_bytes += bytes;
         l.unsent.push(index);
     }
 
@@ -265,20 +270,20 @@ impl Replica {
             let epoch = l.epoch;
             let entries: Vec<(LogIndex, Entry)> =
                 unsent.iter().map(|i| (*i, self.log[i].clone())).collect();
-            let tags: Vec<Vec<ForwardTag>> = entries
-                .chunks(BATCH_ENTRIES_MAX)
-                .map(|chunk| forward_tags(&l.waiters, chunk))
-                .collect();
+            let ranges = batch_ranges(&entries);
+            let tags: Vec<Vec<ForwardTag>> =
+                ranges.iter().map(|r| forward_tags(&l.waiters, &entries[r.clone()])).collect();
             out.push(Output::Persist(Persist::Accept(entries.clone())));
             let others = self.others();
-            if entries.len() <= BATCH_ENTRIES_MAX {
+            if ranges.len() == 1 {
                 // One ACCEPT (the usual case) takes the batch without a copy.
                 let forwards = tags.into_iter().next().unwrap_or_default();
                 let msg = PeerMsg::Accept { epoch, entries, commit, forwards };
                 self.send(others.clone(), msg, out);
             } else {
-                for (chunk, forwards) in entries.chunks(BATCH_ENTRIES_MAX).zip(tags) {
-                    let msg = PeerMsg::Accept { epoch, entries: chunk.to_vec(), commit, forwards };
+                for (range, forwards) in ranges.into_iter().zip(tags) {
+                    let chunk = entries[range].to_vec();
+                    let msg = PeerMsg::Accept { epoch, entries: chunk, commit, forwards };
                     self.send(others.clone(), msg, out);
                 }
             }
@@ -305,7 +310,8 @@ impl Replica {
         let nw = self.cfg.write_quorum;
         let Role::Leader(l) = &mut self.role else { return };
         if l.tallies.get(&index).is_some_and(|t| t.voters.len() >= nw) {
-            l.tallies.remove(&index);
+            let tally = l.tallies.remove(&index).expect("checked above");
+            l.tally_bytes -= tally.bytes;
             let id = self.log[&index].id;
             self.chosen.insert(index, id);
         }
@@ -647,7 +653,9 @@ impl Replica {
             // A slot can commit before its tally fills (a COMMIT from the last
             // leader said it was chosen): its tally is done, and once a
             // snapshot compacts the slot away a re-send would find no entry.
-            l.tallies = l.tallies.split_off(&commit.next());
+            let open = l.tallies.split_off(&commit.next());
+            let done = std::mem::replace(&mut l.tallies, open);
+            l.tally_bytes -= done.values().map(|t| t.bytes).sum::<u64>();
         }
         self.maybe_finish_recovery(now, out);
         self.check_read_index(out);
@@ -748,9 +756,10 @@ impl Replica {
             return;
         }
         let entries: Vec<(LogIndex, Entry)> = if index <= self.commit && index.0 > 0 {
+            let mut budget = BatchBudget::default();
             self.log
                 .range(index..=self.commit)
-                .take(BATCH_ENTRIES_MAX)
+                .take_while(|(_, e)| budget.take(e))
                 .map(|(i, e)| (*i, e.clone()))
                 .collect()
         } else {
@@ -859,20 +868,22 @@ impl Replica {
         let commit = self.is_serving_leader().then_some(self.commit);
         let Role::Leader(l) = &mut self.role else { return };
         let epoch = l.epoch;
-        let mut per_peer: Vec<(ReplicaId, Vec<(LogIndex, Entry)>)> =
-            others.iter().map(|id| (*id, Vec::new())).collect();
+        type Batch = (Vec<(LogIndex, Entry)>, BatchBudget);
+        let mut per_peer: Vec<(ReplicaId, Batch)> =
+            others.iter().map(|id| (*id, (Vec::new(), BatchBudget::default()))).collect();
         for (index, tally) in l.tallies.iter_mut() {
             if now.since(tally.sent_at) < heartbeat_ms || l.unsent.contains(index) {
                 continue;
             }
             tally.sent_at = now;
-            for (peer, batch) in per_peer.iter_mut() {
-                if !tally.voters.contains(peer) && batch.len() < BATCH_ENTRIES_MAX {
-                    batch.push((*index, self.log[index].clone()));
+            for (peer, (batch, budget)) in per_peer.iter_mut() {
+                let entry = &self.log[index];
+                if !tally.voters.contains(peer) && budget.take(entry) {
+                    batch.push((*index, entry.clone()));
                 }
             }
         }
-        for (peer, batch) in per_peer {
+        for (peer, (batch, _)) in per_peer {
             if !batch.is_empty() {
                 let msg = PeerMsg::Accept { epoch, entries: batch, commit, forwards: Vec::new() };
                 self.send(vec![peer], msg, out);
@@ -1059,6 +1070,7 @@ impl Replica {
         }
         let mut keep = std::collections::VecDeque::new();
         let mut ready = Vec::new();
+        let mut ready_bytes = 0;
         while let Some(q) = l.queued.pop_front() {
             if refuse {
                 answers.push((q.waiter, Reply::Error(no_quorum.clone())));
@@ -1067,9 +1079,10 @@ impl Replica {
                 answers.push((q.waiter, Reply::Error(ClientError::NoLeader(detail))));
             } else if serving
                 && !lacks_quorum
-                && l.tallies.len() + ready.len() < INFLIGHT_ENTRIES_MAX
+                && !l.window_full(ready.len(), ready_bytes)
                 && keep.is_empty()
             {
+                ready_bytes += q.size_bytes();
                 ready.push(q);
             } else {
                 keep.push_back(q);

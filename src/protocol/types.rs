@@ -216,6 +216,23 @@ pub struct Entry {
     pub command: Command,
 }
 
+/// What [`Entry::size_bytes`] adds to an entry's key and value: ids,
+/// ballot, lengths and tags in any encoding, with room to spare.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+impl Entry {
+    /// About the bytes the entry takes in a message or a WAL record, for
+    /// the protocol's byte bounds: its key and value plus a fixed overhead.
+    pub fn size_bytes(&self) -> usize {
+        let payload = match &self.command {
+            Command::Noop => 0,
+            Command::Put(kv) | Command::Cas { kv, .. } => kv.0.len(),
+            Command::Del { key } => key.len(),
+        };
+        payload + ENTRY_OVERHEAD_BYTES
+    }
+}
+
 /// The formation state of a data directory (DESIGN §6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Formation {

@@ -714,3 +714,86 @@ fn a_commit_index_that_jumps_past_the_apply_bound_is_applied_over_several_flushe
     let key = format!("k{}", writes - 1);
     assert!(r1.applied_value(&key).is_some(), "the last write is in r1's store");
 }
+
+#[test]
+fn with_64_kib_values_every_peer_frame_fits_and_a_winner_far_behind_still_wins() {
+    use crate::protocol::types::ENTRY_OVERHEAD_BYTES;
+    use crate::protocol::{BATCH_BYTES_MAX, INFLIGHT_BYTES_MAX};
+    use crate::wire::{encode_into, FRAME_BYTES_MAX};
+    // No snapshot: the log keeps every entry, so a promise could carry them all.
+    let mut cfg = SimConfig::new(3);
+    cfg.snapshot_every_entries = 1_000_000;
+    let mut s = Scenario::with(cfg);
+    s.run(200);
+    assert_eq!(s.leader(), 3);
+    // Delivers every queued message but those to `deaf`, checking that each
+    // one encodes into a frame a peer accepts (and an ACCEPT into a batch).
+    let mut frame = Vec::new();
+    let mut largest = 0;
+    let mut step = |s: &mut Scenario, deaf: Option<u8>| {
+        s.c.tick(1);
+        for a in s.c.ids() {
+            for b in s.c.ids() {
+                if a == b {
+                    continue;
+                }
+                let msgs = s.c.take_link(a, b);
+                for m in &msgs {
+                    encode_into(&m.env, &mut frame);
+                    largest = largest.max(frame.len());
+                    assert!(
+                        frame.len() <= FRAME_BYTES_MAX,
+                        "{a}->{b}: a {} byte frame",
+                        frame.len()
+                    );
+                    if let PeerMsg::Accept { entries, .. } = &m.env.msg {
+                        let bytes: usize = entries.iter().map(|(_, e)| e.size_bytes()).sum();
+                        assert!(
+                            bytes <= BATCH_BYTES_MAX || entries.len() == 1,
+                            "ACCEPT of {bytes} bytes"
+                        );
+                    }
+                }
+                if deaf != Some(b.0) {
+                    s.c.deliver_msgs(msgs);
+                }
+            }
+        }
+        s.check();
+    };
+    // r2 hears nothing while 1,100 writes of 64 KiB (72 MB) commit with r1.
+    let value = "v".repeat(64 * 1024);
+    let puts: Vec<ReqId> = (0..1100).map(|i| s.put(3, &format!("k{i:04}"), &value)).collect();
+    for _ in 0..5000 {
+        if puts.iter().all(|p| s.replies.contains_key(p)) {
+            break;
+        }
+        step(&mut s, Some(2));
+        // The leader's window: what it proposed and has not committed.
+        let r3 = s.c.replica(r(3)).expect("up");
+        let open: usize =
+            r3.log().range(r3.commit_index().next()..).map(|(_, e)| e.size_bytes()).sum();
+        let one = 64 * 1024 + ENTRY_OVERHEAD_BYTES + 8;
+        assert!(open as u64 <= INFLIGHT_BYTES_MAX + one as u64, "{open} bytes in flight");
+    }
+    for p in &puts {
+        written(s.reply(*p));
+    }
+    let ahead = s.commit(1);
+    assert!(s.commit(2).0 + 1100 <= ahead.0, "r2 is far behind");
+    // The leader dies. r2 outranks r1, so it wins; r1's promise holds the
+    // 1,100 committed entries above r2's commit index, more than a frame,
+    // so it carries only a batch of them and r2 fetches the rest.
+    s.c.crash(r(3), 0);
+    for _ in 0..5000 {
+        let r2 = s.c.replica(r(2)).expect("up");
+        if s.c.serving_leader() == Some(r(2)) && r2.commit_index() >= ahead {
+            break;
+        }
+        step(&mut s, None);
+    }
+    assert_eq!(s.c.serving_leader(), Some(r(2)), "r2 won and serves");
+    assert!(s.commit(2) >= ahead);
+    assert_eq!(s.c.replica(r(2)).unwrap().store(), s.c.replica(r(1)).unwrap().store());
+    assert!(largest > BATCH_BYTES_MAX / 2, "the test sent large frames ({largest} bytes)");
+}

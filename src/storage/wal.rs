@@ -274,6 +274,8 @@ pub struct DiskStorage {
     bytes_written: u64,
     /// fdatasyncs of log segments issued since open.
     syncs: u64,
+    /// Size of the file of the snapshot the log builds on (0 without one).
+    snapshot_bytes: u64,
 }
 
 /// The failure that stopped a `DiskStorage`.
@@ -488,6 +490,7 @@ impl DiskStorage {
             poisoned: None,
             bytes_written: 0,
             syncs: 0,
+            snapshot_bytes: 0,
         };
         if dir_created {
             storage.dirs_to_sync.push(parent_dir(dir));
@@ -541,6 +544,7 @@ impl DiskStorage {
             let loading = Instant::now();
             let path = snapshot_path(dir, durable.snapshot_index);
             let snapshot = load_snapshot(&path, durable.snapshot_index)?;
+            storage.snapshot_bytes = fs::metadata(&path).map_or(0, |m| m.len());
             crate::qlog!(
                 "snapshot {}: loaded {} keys in {} ms",
                 path.display(),
@@ -569,6 +573,13 @@ impl DiskStorage {
     /// segment). Preallocated zeros after the records do not count.
     pub fn segment_bytes(&self) -> u64 {
         self.segment_len
+    }
+
+    /// Size of the newest snapshot file saved (or loaded at open); 0 before
+    /// the first. The server sizes the log it lets grow before the next
+    /// snapshot by it.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes
     }
 
     /// Bytes of log handed to the OS since open: the header of a new log and
@@ -928,7 +939,13 @@ impl Storage for DiskStorage {
     fn snapshot_saved(&mut self) -> Result<Option<LogIndex>> {
         self.check_poisoned()?;
         match self.saver.poll() {
-            Ok(saved) => Ok(saved),
+            Ok(saved) => {
+                if let Some(index) = saved {
+                    let path = snapshot_path(&self.dir, index);
+                    self.snapshot_bytes = fs::metadata(path).map_or(0, |m| m.len());
+                }
+                Ok(saved)
+            }
             Err(e) => {
                 let (op, kind) = match &e {
                     Error::Io { op, source, .. } => (*op, source.kind()),

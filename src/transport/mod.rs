@@ -113,8 +113,9 @@ pub enum Event {
     /// SIGTERM or SIGINT: finish what is in flight, sync, exit 0.
     Shutdown,
     /// The disk thread made syncs up to `ticket` durable; the fsync took
-    /// `fsync_us`; the current log segment is `segment_bytes` long.
-    DiskSynced { ticket: u64, fsync_us: u64, segment_bytes: u64 },
+    /// `fsync_us`; the current log segment is `segment_bytes` long and the
+    /// newest snapshot file `snapshot_bytes`.
+    DiskSynced { ticket: u64, fsync_us: u64, segment_bytes: u64, snapshot_bytes: u64 },
     /// The disk thread saved the snapshot at this index.
     SnapshotSaved(crate::protocol::types::LogIndex),
     /// The disk thread failed; the replica must stop.
