@@ -295,3 +295,47 @@ fn on_one_connection_a_pipelined_read_sees_the_writes_sent_before_it() {
         Ok(())
     }));
 }
+
+/// 64 KiB values, the default limit, pipelined through a follower so that
+/// many are in flight at once: they commit (split across ACCEPTs by bytes),
+/// a leader killed right after leaves a survivor that wins and serves every
+/// one of them, byte for byte.
+#[test]
+fn largest_values_pipelined_commit_and_survive_a_leader_kill() {
+    let o = three();
+    check(with_cluster(&o, |c| {
+        let (leader, _) = c.wait_for_leader(o.settle_deadline())?;
+        let follower = c.ids().find(|&id| id != leader).ok_or("no follower")?;
+        let value = |i: usize| format!("{i:05}{}", "v".repeat(65_536 - 5));
+        let writes = 120;
+        let mut k = c.client(follower)?;
+        let mut bytes = Vec::new();
+        for i in 0..writes {
+            bytes.extend_from_slice(format!("PUT big-{i} {}\n", value(i)).as_bytes());
+        }
+        k.send_raw(&bytes)?;
+        for i in 0..writes {
+            let reply = k.read_line()?;
+            if !reply.starts_with("OK ") {
+                return Err(format!("PUT big-{i}: {reply}"));
+            }
+        }
+        c.kill(leader)?;
+        let (new_leader, _) = c.wait_for_leader(o.settle_deadline())?;
+        let mut k = c.client(new_leader)?;
+        for i in 0..writes {
+            match k.get(&format!("big-{i}"))? {
+                Some(v) if v == value(i) => {}
+                Some(v) => {
+                    return Err(format!("big-{i}: {} bytes, not the value written", v.len()))
+                }
+                None => return Err(format!("big-{i}: NOTFOUND after the failover")),
+            }
+        }
+        let after = k.put("big-after", &value(writes))?;
+        if after == 0 {
+            return Err("PUT after the failover returned version 0".into());
+        }
+        Ok(())
+    }));
+}
