@@ -50,6 +50,9 @@ pub const EVENTS_BATCH_MAX: usize = 1024;
 /// Frames queued per peer writer; beyond it frames are dropped (the protocol
 /// re-sends what matters).
 pub const PEER_QUEUE_MAX: usize = 4096;
+/// Bytes queued per peer writer; beyond it frames are dropped as well (see
+/// `transport::outbox::Bound`): 16 ACCEPTs of the largest batch.
+pub const PEER_QUEUE_BYTES_MAX: usize = 16 * protocol::BATCH_BYTES_MAX;
 
 /// Runs a replica until a fatal error. Returns the error's message.
 pub fn run(cfg: Config) -> Result<(), String> {
@@ -262,6 +265,7 @@ fn transport_config(
         idle_timeout_ms: cfg.idle_timeout_ms,
         help_lines: help_lines(cfg),
         peer_queue_max: PEER_QUEUE_MAX,
+        peer_queue_bytes_max: PEER_QUEUE_BYTES_MAX,
         cluster_key,
     }
 }

@@ -146,6 +146,9 @@ pub struct TransportConfig {
     pub help_lines: Vec<String>,
     /// Capacity of each peer writer's queue, in frames (at least 1).
     pub peer_queue_max: usize,
+    /// Capacity of each peer writer's queue, in bytes: a batch that would
+    /// pass it is dropped (a queue always takes a batch when empty).
+    pub peer_queue_bytes_max: usize,
     /// `--cluster-key-file`'s key: peers must prove they know it.
     pub cluster_key: Option<ClusterKey>,
 }
@@ -190,6 +193,8 @@ pub struct PeerSenders {
     peers: BTreeMap<ReplicaId, PeerQueue>,
     /// Most frames queued for one peer's writer thread while it owns the link.
     frames_max: usize,
+    /// Most bytes queued for one peer's writer thread while it owns the link.
+    bytes_max: usize,
     /// Frames refused by [`PeerSenders::send`] or dropped by a full queue.
     dropped: AtomicU64,
     /// Frames discarded because their link was down.
@@ -240,7 +245,8 @@ impl PeerSenders {
             if queue.frames == 0 {
                 continue;
             }
-            match queue.out.deliver(&queue.bytes, queue.frames, self.frames_max) {
+            let bound = outbox::Bound { frames: self.frames_max, bytes: self.bytes_max };
+            match queue.out.deliver(&queue.bytes, queue.frames, bound) {
                 outbox::Delivered::Sent => {}
                 outbox::Delivered::Dropped => {
                     self.dropped.fetch_add(queue.frames as u64, Ordering::Relaxed);
@@ -338,6 +344,7 @@ pub(crate) fn start_on(
     Ok(PeerSenders {
         peers,
         frames_max: cfg.peer_queue_max.max(1),
+        bytes_max: cfg.peer_queue_bytes_max,
         dropped: AtomicU64::new(0),
         discarded,
         stats,

@@ -92,6 +92,17 @@ pub(super) struct PeerState {
     pub closed: bool,
 }
 
+/// How much a peer writer's queue may hold. A peer that reads more slowly
+/// than the leader writes (a follower starved of CPU, 64 KiB values) would
+/// otherwise let the queue grow by the difference for as long as the load
+/// lasts; past the bound frames are dropped and counted, and the protocol
+/// re-sends or the peer fetches what it misses.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Bound {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 /// What became of one batch of frames handed to [`PeerOut::deliver`].
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Delivered {
@@ -109,9 +120,9 @@ impl PeerOut {
     }
 
     /// The loop's side: writes `bytes` (`frames` whole frames) now if the
-    /// link is up and idle, else queues them for the writer within
-    /// `frames_max`, else drops them.
-    pub(super) fn deliver(&self, bytes: &[u8], frames: usize, frames_max: usize) -> Delivered {
+    /// link is up and idle, else queues them for the writer within `bound`
+    /// (an empty queue takes any batch), else drops them.
+    pub(super) fn deliver(&self, bytes: &[u8], frames: usize, bound: Bound) -> Delivered {
         let mut guard = self.lock();
         let st = &mut *guard;
         if st.closed {
@@ -139,7 +150,8 @@ impl PeerOut {
                 Delivered::Sent
             }
             Link::Retrying | Link::Up { writer_owns: true, .. } => {
-                if st.frames + frames > frames_max {
+                let over_bytes = st.queue.len() + bytes.len() > bound.bytes;
+                if st.frames + frames > bound.frames || (over_bytes && !st.queue.is_empty()) {
                     return Delivered::Dropped;
                 }
                 st.queue.extend_from_slice(bytes);

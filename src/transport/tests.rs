@@ -35,6 +35,7 @@ fn config(id: u8, peers: &[String], dial: &[(u8, &str)]) -> TransportConfig {
         idle_timeout_ms: 0,
         help_lines: vec!["HELP".into()],
         peer_queue_max: 64,
+        peer_queue_bytes_max: 64 << 20,
         cluster_key: None,
     }
 }
@@ -600,4 +601,42 @@ fn a_peer_that_does_not_read_never_holds_up_the_loop() {
     // Caught up: the loop writes again.
     assert!(send_now(&mut a, ReplicaId(2), &envelope(1, 99)));
     assert_eq!(wire::read_frame(&mut link.reader).unwrap(), envelope(1, 99));
+}
+
+#[test]
+fn a_peer_that_reads_nothing_gets_at_most_the_queue_bound_in_bytes_and_the_rest_is_dropped() {
+    let (la, remote) = (listener(), listener());
+    let peers = vec![addr_of(&la), addr_of(&remote)];
+    let mut cfg = config(1, &peers, &[(2, &peers[1])]);
+    cfg.peer_queue_bytes_max = 1 << 20;
+    let (mut a, mut events) = start_with(la, cfg);
+    let mut link = answer_dial(&remote, "QKVPEER-OK 2\n");
+    events.wait_for("LinkUp(2)", |e| matches!(e, Event::LinkUp(ReplicaId(2))));
+    // 80 frames of 100 KB (8 MB) while the peer reads nothing: the socket
+    // buffers take some, the writer's queue at most about 1 MB more, and
+    // the rest is dropped (within the frame bound of 64 alone, none would be).
+    let sent = 80;
+    let big = |seq: u64| Envelope {
+        msg: PeerMsg::ReadReq { read: seq, boot: 1, key: "k".repeat(100_000) },
+        ..envelope(1, seq)
+    };
+    for seq in 0..sent {
+        let started = Instant::now();
+        send_now(&mut a, ReplicaId(2), &big(seq));
+        assert!(started.elapsed() < FLUSH_MAX, "flush {seq} took {:?}", started.elapsed());
+    }
+    let dropped = a.dropped();
+    assert!(dropped > 0, "the byte bound dropped frames");
+    // What was not dropped arrives whole and in order.
+    let mut last = None;
+    for _ in 0..sent - dropped {
+        let Envelope { msg: PeerMsg::ReadReq { read, .. }, .. } =
+            wire::read_frame(&mut link.reader).unwrap()
+        else {
+            panic!("not a sent frame");
+        };
+        assert!(last < Some(read), "frame {read} after {last:?}");
+        last = Some(read);
+    }
+    assert_eq!(a.discarded(), 0);
 }
