@@ -214,6 +214,10 @@ fn bad_flags_exit_2_with_one_clear_line() {
         (format!("--id 1 --peers {peers} --fsync sometimes"), &["fsync"]),
         (format!("--id 1 --peers {peers} --heartbeat-ms abc"), &["heartbeat-ms"]),
         (format!("--id 1 --peers {peers} --bogus"), &["bogus"]),
+        (
+            format!("--id 1 --peers {peers} --max-value-bytes 5000000 --max-line-bytes 6000000"),
+            &["max-value-bytes"],
+        ),
         (format!("--peers {peers}"), &["id"]),
     ];
     let arg_lists: Vec<Vec<String>> = cases
