@@ -128,6 +128,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
     };
     watch_signals(events_tx_for_signals)?;
     let tick = Duration::from_millis((cfg.heartbeat_ms / 4).clamp(1, 5));
+    let served = serve(&mut event_loop, &events_rx, tick);
+    if let Err(e) = &served {
+        // A storage failure (or any fatal error) stops the replica: its
+        // clients hear why instead of only seeing the connection close.
+        event_loop.fail_in_flight(e);
+    }
+    served
+}
+
+/// Runs the event loop until a clean shutdown (`Ok`) or a fatal error.
+fn serve(
+    event_loop: &mut EventLoop,
+    events_rx: &mailbox::Receiver<Event>,
+    tick: Duration,
+) -> Result<(), String> {
     event_loop.finish_batch()?;
     let mut last_tick = Instant::now();
     let mut events = Vec::with_capacity(EVENTS_BATCH_MAX);
@@ -329,6 +344,10 @@ struct EventLoop {
     log_prefix: Option<(crate::protocol::types::Epoch, &'static str)>,
 }
 
+/// How long a stopping replica gives client writer threads to write the
+/// replies a slow client has not taken yet before the process exits.
+const CLIENT_DRAIN_MS: u64 = 50;
+
 /// How long a shutting-down replica waits for requests already in flight.
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 2_000;
 
@@ -399,6 +418,22 @@ impl EventLoop {
             .is_some_and(|deadline| self.net.pending.is_empty() || self.now() >= deadline)
     }
 
+    /// The replica stops on `error`: fails what is still in flight (the
+    /// outcome of a write is unknown: it may have committed on others) and
+    /// lets client writers drain. No sync: storage may be what failed.
+    fn fail_in_flight(&mut self, error: &str) {
+        let pending: Vec<(ReqId, Pending)> =
+            std::mem::take(&mut self.net.pending).into_iter().collect();
+        for (_, p) in pending {
+            let detail =
+                format!("replica stopped ({error}); a write may or may not have committed");
+            self.net.answer(&p, Reply::Error(ClientError::Timeout(detail)));
+        }
+        self.net.flush(true);
+        self.net.clients.clear();
+        std::thread::sleep(Duration::from_millis(CLIENT_DRAIN_MS));
+    }
+
     /// Fails what is still in flight, syncs, and lets client writers drain.
     fn finish_shutdown(&mut self) -> Result<(), String> {
         let pending: Vec<(ReqId, Pending)> =
@@ -411,9 +446,7 @@ impl EventLoop {
         self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
         self.net.flush(true);
         self.net.clients.clear();
-        // Client writer threads hold replies a slow client has not taken
-        // yet; give them a moment to write before the process exits.
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(CLIENT_DRAIN_MS));
         qlog!("shut down cleanly (commit index {})", self.replica.commit_index());
         Ok(())
     }
