@@ -364,8 +364,10 @@ impl Replica {
         }
     }
 
-    /// Every entry above `from`: the committed part capped at a few batches,
-    /// the uncommitted part whole (a winner needs all of it).
+    /// Every entry above `from`: the committed part capped at one batch
+    /// ([`BatchBudget`]; the winner fetches the rest), the uncommitted part
+    /// whole (a winner needs all of it; the leader's in-flight window bounds
+    /// it).
     fn entries_above(&self, from: LogIndex) -> (Vec<(LogIndex, Entry)>, bool) {
         let mut budget = BatchBudget::default();
         let mut entries = Vec::new();
