@@ -6,7 +6,7 @@
 //! first recovers every entry a majority may have chosen before it serves.
 
 use super::message::PeerMsg;
-use super::types::ENTRY_OVERHEAD_BYTES;
+use super::types::entry_size_bytes;
 use super::types::{Command, Entry, EntryId, Epoch, Incarnation, LogIndex, Millis, ReplicaId};
 use super::{quorum, BatchBudget, Campaign, ElectionRecord, Output, Replica, Role, Waiter};
 use super::{INFLIGHT_BYTES_MAX, INFLIGHT_ENTRIES_MAX};
@@ -49,7 +49,7 @@ pub(super) struct QueuedWrite {
 }
 
 impl QueuedWrite {
-    /// About the [`Entry::size_bytes`] of the entry it will be.
+    /// The [`Entry::size_bytes`] of the entry it will be.
     pub fn size_bytes(&self) -> u64 {
         let payload = match &self.request {
             Request::Put { key, value } | Request::Cas { key, value, .. } => {
@@ -58,7 +58,7 @@ impl QueuedWrite {
             Request::Del { key } => key.len(),
             _ => 0,
         };
-        (payload + ENTRY_OVERHEAD_BYTES) as u64
+        entry_size_bytes(payload) as u64
     }
 }
 
@@ -373,16 +373,18 @@ impl Replica {
         let mut entries = Vec::new();
         // Committed entries compacted into a snapshot cannot be sent: the
         // winner fetches them (and gets the snapshot).
-        let mut truncated = from < self.snapshot_index;
+        let compacted = from < self.snapshot_index;
+        // Once one committed entry does not fit, neither does any later one
+        // (the part sent stays a prefix): the winner fetches the rest.
+        let mut full = false;
         for (index, entry) in self.log.range(from.next()..) {
-            if *index <= self.commit && (truncated || !budget.take(entry)) {
-                // The rest of the committed part: the winner fetches it.
-                truncated = true;
+            if *index <= self.commit && (full || !budget.take(entry)) {
+                full = true;
                 continue;
             }
             entries.push((*index, entry.clone()));
         }
-        (entries, truncated)
+        (entries, compacted || full)
     }
 
     pub(super) fn on_election(&mut self, now: Millis, from: ReplicaId, out: &mut Vec<Output>) {

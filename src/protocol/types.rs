@@ -220,6 +220,12 @@ pub struct Entry {
 /// ballot, lengths and tags in any encoding, with room to spare.
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
+/// The size the protocol's byte bounds count for an entry whose key and
+/// value (or key alone) take `payload` bytes.
+pub fn entry_size_bytes(payload: usize) -> usize {
+    payload + ENTRY_OVERHEAD_BYTES
+}
+
 impl Entry {
     /// About the bytes the entry takes in a message or a WAL record, for
     /// the protocol's byte bounds: its key and value plus a fixed overhead.
@@ -229,7 +235,7 @@ impl Entry {
             Command::Put(kv) | Command::Cas { kv, .. } => kv.0.len(),
             Command::Del { key } => key.len(),
         };
-        payload + ENTRY_OVERHEAD_BYTES
+        entry_size_bytes(payload)
     }
 }
 
