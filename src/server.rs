@@ -422,33 +422,37 @@ impl EventLoop {
     /// outcome of a write is unknown: it may have committed on others) and
     /// lets client writers drain. No sync: storage may be what failed.
     fn fail_in_flight(&mut self, error: &str) {
-        let pending: Vec<(ReqId, Pending)> =
-            std::mem::take(&mut self.net.pending).into_iter().collect();
-        for (_, p) in pending {
-            let detail =
-                format!("replica stopped ({error}); a write may or may not have committed");
-            self.net.answer(&p, Reply::Error(ClientError::Timeout(detail)));
-        }
-        self.net.flush(true);
-        self.net.clients.clear();
-        std::thread::sleep(Duration::from_millis(CLIENT_DRAIN_MS));
+        self.time_out_pending(&format!(
+            "replica stopped ({error}); a write may or may not have committed"
+        ));
+        self.drain_clients();
     }
 
     /// Fails what is still in flight, syncs, and lets client writers drain.
     fn finish_shutdown(&mut self) -> Result<(), String> {
-        let pending: Vec<(ReqId, Pending)> =
-            std::mem::take(&mut self.net.pending).into_iter().collect();
-        for (_, p) in pending {
-            let detail =
-                "replica shut down before the answer; a write may or may not have committed";
+        self.time_out_pending(
+            "replica shut down before the answer; a write may or may not have committed",
+        );
+        self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
+        self.drain_clients();
+        qlog!("shut down cleanly (commit index {})", self.replica.commit_index());
+        Ok(())
+    }
+
+    /// Answers every request in flight `ERR TIMEOUT <detail>` (queued, not
+    /// yet written).
+    fn time_out_pending(&mut self, detail: &str) {
+        for (_, p) in std::mem::take(&mut self.net.pending) {
             self.net.answer(&p, Reply::Error(ClientError::Timeout(detail.into())));
         }
-        self.disk.sync().map_err(|e| format!("final sync failed: {e}"))?;
+    }
+
+    /// Writes what the clients are owed and gives their writer threads
+    /// [`CLIENT_DRAIN_MS`] for what a slow client has not taken yet.
+    fn drain_clients(&mut self) {
         self.net.flush(true);
         self.net.clients.clear();
         std::thread::sleep(Duration::from_millis(CLIENT_DRAIN_MS));
-        qlog!("shut down cleanly (commit index {})", self.replica.commit_index());
-        Ok(())
     }
 
     fn on_client(&mut self, now: Millis, conn: ConnId, seq: u64, request: Request) {

@@ -191,10 +191,8 @@ impl TransportStats {
 /// turn and written at its end by [`PeerSenders::flush`] (see [`outbox`]).
 pub struct PeerSenders {
     peers: BTreeMap<ReplicaId, PeerQueue>,
-    /// Most frames queued for one peer's writer thread while it owns the link.
-    frames_max: usize,
-    /// Most bytes queued for one peer's writer thread while it owns the link.
-    bytes_max: usize,
+    /// What one peer's writer thread may hold queued while it owns the link.
+    bound: outbox::Bound,
     /// Frames refused by [`PeerSenders::send`] or dropped by a full queue.
     dropped: AtomicU64,
     /// Frames discarded because their link was down.
@@ -245,8 +243,7 @@ impl PeerSenders {
             if queue.frames == 0 {
                 continue;
             }
-            let bound = outbox::Bound { frames: self.frames_max, bytes: self.bytes_max };
-            match queue.out.deliver(&queue.bytes, queue.frames, bound) {
+            match queue.out.deliver(&queue.bytes, queue.frames, self.bound) {
                 outbox::Delivered::Sent => {}
                 outbox::Delivered::Dropped => {
                     self.dropped.fetch_add(queue.frames as u64, Ordering::Relaxed);
@@ -343,8 +340,7 @@ pub(crate) fn start_on(
     let stats = Arc::clone(&shared.stats);
     Ok(PeerSenders {
         peers,
-        frames_max: cfg.peer_queue_max.max(1),
-        bytes_max: cfg.peer_queue_bytes_max,
+        bound: outbox::Bound { frames: cfg.peer_queue_max.max(1), bytes: cfg.peer_queue_bytes_max },
         dropped: AtomicU64::new(0),
         discarded,
         stats,
